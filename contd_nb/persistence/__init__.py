@@ -1,0 +1,1 @@
+"""Journal stores behind one interface (``base.JournalStore``); ``adapters`` names them."""
