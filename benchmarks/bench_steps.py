@@ -28,6 +28,7 @@ TARGET_RATIO = 1.3  # product aim: contd p50 per step <= 1.3x the DuckDB commit 
 WARMUP = 20  # steps/rows done before timing, so imports and first-use costs stay out
 STARTS = 20  # one-step workflows timed for start/finish latency
 RESTORES = 7  # engine.restore() calls per journal; the median is reported
+PARTS = ("floor", "dbos", "contd", "restore_snap", "restore_nosnap")
 
 
 def pcts(xs: list[float]) -> dict:
@@ -53,7 +54,7 @@ def child_floor(d: Path, n: int) -> dict:
     rows = con.execute("SELECT count(*) FROM t").fetchone()[0]
     con.close()
     assert rows == WARMUP + n, rows
-    return {"per_commit": pcts(times[WARMUP:]), "duckdb": duckdb.__version__}
+    return {"per_commit": pcts(times[WARMUP:])}
 
 
 def _timed_runs(wf, n: int) -> dict:
@@ -79,19 +80,9 @@ def _timed_runs(wf, n: int) -> dict:
             "start": pcts(starts), "finish": pcts(finishes)}
 
 
-def child_dbos(d: Path, n: int) -> dict:
-    import dbos
-    from dbos import DBOS, DBOSConfig
+def _bench_body(trivial):
+    """The workflow both products run: n trivial steps, each timed around its call."""
 
-    config: DBOSConfig = {"name": "bench-steps", "log_level": "WARNING",
-                          "system_database_url": f"sqlite:///{d / 'dbos_sys.sqlite'}"}
-    DBOS(config=config)
-
-    @DBOS.step()
-    def trivial(i):
-        return i
-
-    @DBOS.workflow()
     def wf(n, mark):
         mark.append(time.perf_counter())
         times = []
@@ -102,12 +93,27 @@ def child_dbos(d: Path, n: int) -> dict:
         mark.append(time.perf_counter())
         return times
 
+    return wf
+
+
+def child_dbos(d: Path, n: int) -> dict:
+    from dbos import DBOS, DBOSConfig
+
+    config: DBOSConfig = {"name": "bench-steps", "log_level": "WARNING",
+                          "system_database_url": f"sqlite:///{d / 'dbos_sys.sqlite'}"}
+    DBOS(config=config)
+
+    @DBOS.step()
+    def trivial(i):
+        return i
+
+    wf = DBOS.workflow()(_bench_body(trivial))
+
     try:
         DBOS.launch()
         out = _timed_runs(wf, n)
     finally:
         DBOS.destroy(destroy_registry=True)
-    out["dbos"] = dbos.__version__ if hasattr(dbos, "__version__") else _dist_version("dbos")
     return out
 
 
@@ -133,60 +139,46 @@ def child_contd(d: Path, n: int) -> dict:
     def trivial(i):
         return i
 
-    @workflow()
-    def wf(n, mark):
-        mark.append(time.perf_counter())
-        times = []
-        for i in range(n):
-            t = time.perf_counter()
-            trivial(i)
-            times.append(time.perf_counter() - t)
-        mark.append(time.perf_counter())
-        return times
+    wf = workflow()(_bench_body(trivial))
 
     try:
         out = _timed_runs(wf, n)
     finally:
         engine.close()
-    out["contd_nb"] = _dist_version("contd_nb")
+    out["contd_nb"] = contd_nb.__version__
     return out
-
-
-def _restore_defs(workflow, step, WorkflowConfig, wid):
-    @step()
-    def trivial(i):
-        return i
-
-    @workflow(WorkflowConfig(workflow_id=wid))
-    def long_wf(n):
-        for i in range(n):
-            trivial(i)
-        return n
-
-    return long_wf
 
 
 def child_restore_build(d: Path, n: int, interval: int) -> dict:
     contd_nb, workflow, step, WorkflowConfig = _import_contd()
     engine = contd_nb.configure(journal=str(d / f"restore-{interval}.duckdb"),
                                 snapshot_interval=interval)
-    engine.snapshot_interval = interval
-    wf = _restore_defs(workflow, step, WorkflowConfig, f"bench-restore-{interval}")
+    engine.snapshot_interval = interval  # the setter, as a notebook would use it
+
+    @step()
+    def trivial(i):
+        return i
+
+    @workflow(WorkflowConfig(workflow_id=f"bench-restore-{interval}"))
+    def long_wf(n):
+        for i in range(n):
+            trivial(i)
+        return n
+
     t = time.perf_counter()
-    assert wf(n) == n
+    assert long_wf(n) == n
     total = time.perf_counter() - t
     engine.close()
     return {"build_ms": total * 1000}
 
 
 def child_restore_read(d: Path, n: int, interval: int) -> dict:
-    contd_nb, workflow, step, WorkflowConfig = _import_contd()
+    contd_nb = _import_contd()[0]
     wid = f"bench-restore-{interval}"
     t = time.perf_counter()
     engine = contd_nb.configure(journal=str(d / f"restore-{interval}.duckdb"),
                                 snapshot_interval=interval)
     open_ms = (time.perf_counter() - t) * 1000
-    _restore_defs(workflow, step, WorkflowConfig, wid)  # same registrations as the writer
     walls, durs, last = [], [], None
     try:
         for _ in range(RESTORES):
@@ -196,6 +188,7 @@ def child_restore_read(d: Path, n: int, interval: int) -> dict:
             durs.append(last.duration_ms)
     finally:
         engine.close()
+    assert last.step_number == n, last
     return {"open_ms": open_ms, "first_wall_ms": walls[0] * 1000,
             "wall_ms_median": statistics.median(walls) * 1000,
             "duration_ms_median": statistics.median(durs),
@@ -218,7 +211,10 @@ def run_child(kind: str, d: Path, n: int, extra: list[str] | None = None) -> dic
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--dir", str(d),
            "--n", str(n), "--res", str(res), *(extra or [])]
     print(f"  running {kind} {' '.join(extra or [])} (n={n}) ...", file=sys.stderr, flush=True)
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    try:
+        p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    except subprocess.TimeoutExpired as e:
+        return {"error": "timed out after 1800 s", "stderr_tail": str(e.stderr)[-2000:]}
     if p.returncode != 0 or not res.exists():
         tail = (p.stderr or p.stdout).strip().splitlines()[-25:]
         return {"error": f"exit {p.returncode}", "stderr_tail": "\n".join(tail)}
@@ -230,50 +226,43 @@ def ratio(a, b):
 
 
 def report(r: dict) -> None:
-    def get(key, *path):
-        v = r.get(key, {})
-        for p in path:
-            v = v.get(p) if isinstance(v, dict) else None
-        return v
-
     def f(v, unit=" ms"):
         return "n/a" if v is None else f"{v:,.3f}{unit}" if unit else f"{v:,.2f}x"
 
+    def p50(v, sub, q="p50_ms"):
+        return f(v.get(sub, {}).get(q))
+
     print(f"\nPer-step latency, {r['steps']} steps, same disk ({r['work_dir_fs']})")
-    print(f"{'measurement':<34}{'p50':>12}{'p90':>12}{'start p50':>12}{'finish p50':>12}")
+    print(f"{'measurement':<36}{'p50':>11}{'p90':>11}{'start p50':>12}{'finish p50':>12}")
     for key, label, sub in (("floor", "(a) DuckDB autocommit INSERT", "per_commit"),
                             ("dbos", "(b) DBOS step (SQLite sys db)", "per_step"),
                             ("contd", "(c) contd_nb step (DuckDB journal)", "per_step")):
-        if "error" in r.get(key, {}):
-            print(f"{label:<34}  FAILED ({r[key]['error']})")
-            continue
-        print(f"{label:<34}{f(get(key, sub, 'p50_ms')):>12}{f(get(key, sub, 'p90_ms')):>12}"
-              f"{f(get(key, 'start', 'p50_ms')):>12}{f(get(key, 'finish', 'p50_ms')):>12}")
+        v = r[key]
+        print(f"{label:<36}  FAILED ({v['error']})" if "error" in v else
+              f"{label:<36}{p50(v, sub):>11}{p50(v, sub, 'p90_ms'):>11}"
+              f"{p50(v, 'start'):>12}{p50(v, 'finish'):>12}")
     print(f"\nRestore of a completed {r['restore_steps']}-step workflow "
           f"(median of {RESTORES} engine.restore() calls, fresh process)")
-    print(f"{'journal':<34}{'wall':>12}{'duration_ms':>12}{'replayed':>10}{'snap step':>10}"
-          f"{'open':>12}")
+    print(f"{'journal':<36}{'wall':>11}{'duration':>11}{'replayed':>10}{'snap step':>10}"
+          f"{'open':>11}")
     for key, label in (("restore_snap", "(d) snapshot_interval=100"),
                        ("restore_nosnap", "(d) snapshot_interval=0")):
-        v = r.get(key, {})
-        if "error" in v:
-            print(f"{label:<34}  FAILED ({v['error']})")
-            continue
-        print(f"{label:<34}{f(v.get('wall_ms_median')):>12}{f(v.get('duration_ms_median')):>12}"
-              f"{str(v.get('events_replayed')):>10}{str(v.get('snapshot_step')):>10}"
-              f"{f(v.get('open_ms')):>12}")
+        v = r[key]
+        print(f"{label:<36}  FAILED ({v['error']})" if "error" in v else
+              f"{label:<36}{f(v['wall_ms_median']):>11}{f(v['duration_ms_median']):>11}"
+              f"{v['events_replayed']!s:>10}{v['snapshot_step']!s:>10}{f(v['open_ms']):>11}")
     rt = r["ratios"]
+    met = {None: "n/a", True: "MET", False: "MISSED"}[rt["meets_target"]]
     print("\nRatios")
     print(f"  contd p50 / floor p50          {f(rt['contd_over_floor'], '')}"
-          f"   (target <= {TARGET_RATIO}x: "
-          f"{'n/a' if rt['meets_target'] is None else 'MET' if rt['meets_target'] else 'MISSED'})")
+          f"   (target <= {TARGET_RATIO}x: {met})")
     print(f"  DBOS p50 / contd p50           {f(rt['dbos_over_contd'], '')}")
     print(f"  DBOS p50 / floor p50           {f(rt['dbos_over_floor'], '')}")
     print(f"  restore wall: no-snap / snap   {f(rt['restore_nosnap_over_snap'], '')}")
     print(f"  contd overhead per step (p50, trivial body ~0): {f(rt['contd_overhead_ms'])}"
           f"; above the floor: {f(rt['contd_minus_floor_ms'])}")
-    for key in ("floor", "dbos", "contd", "restore_snap", "restore_nosnap"):
-        if "error" in r.get(key, {}):
+    for key in PARTS:
+        if "error" in r[key]:
             print(f"\n[{key}] {r[key]['error']}:\n{r[key]['stderr_tail']}")
 
 
@@ -331,14 +320,14 @@ def main() -> int:
         "target": TARGET_RATIO, "dbos_over_contd": ratio(db, ct), "dbos_over_floor": ratio(db, fl),
         "restore_nosnap_over_snap": ratio(r["restore_nosnap"].get("wall_ms_median"),
                                           r["restore_snap"].get("wall_ms_median")),
-        "contd_overhead_ms": ct, "contd_minus_floor_ms": None if ct is None else ct - fl}
+        "contd_overhead_ms": ct,
+        "contd_minus_floor_ms": None if ct is None or fl is None else ct - fl}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(r, indent=2))
     report(r)
     print(f"\nresults: {out}")
-    return 1 if any("error" in r[k] for k in ("floor", "dbos", "contd", "restore_snap",
-                                               "restore_nosnap")) else 0
+    return 1 if any("error" in r[k] for k in PARTS) else 0
 
 
 if __name__ == "__main__":

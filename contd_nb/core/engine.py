@@ -291,7 +291,6 @@ class ExecutionEngine:
             with self._active_lock:
                 self._active.pop(wid, None)
             self.lease_manager.release(wid)
-            self.store.idle()
 
     def _on_error(self, run: WorkflowRun, exc: BaseException) -> BaseException:
         """Record a failed workflow; translate a refused write into what happened."""

@@ -139,8 +139,9 @@ class JournalStore(abc.ABC):
     @abc.abstractmethod
     def append_event(self, event: EventRecord, token: int | None) -> None:
         """Commit one event, atomically with the check that ``token`` is current (raises
-        LeaseLost otherwise). ``token=None`` writes without a lease (first events of a
-        workflow only happen under a lease, so this is for tests and imports)."""
+        LeaseLost otherwise). ``token=None`` writes without a lease check (imports, tests).
+        Stores need not enforce unique (workflow_id, seq): the fenced lease holder is the
+        only writer of a workflow and continues from the last seq it restored."""
 
     @abc.abstractmethod
     def read_events(self, workflow_id: str, after_seq: int = 0) -> list[EventRecord]:

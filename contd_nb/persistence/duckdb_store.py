@@ -15,6 +15,7 @@ the file. The first fenced write of a session reads the token; later ones reuse 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -225,12 +226,13 @@ class DuckDBStore(JournalStore):
     def append_event(self, event: EventRecord, token: int | None) -> None:
         with self._session() as c:
             self._check_fence(c, event.workflow_id, token)
-            c.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                      list(_astuple(event)))
+            c.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?)",
+                      [event.workflow_id, event.seq, event.kind, event.step_number,
+                       event.step_name, _event_meta(event), event.payload])
 
     def read_events(self, workflow_id: str, after_seq: int = 0) -> list[EventRecord]:
         with self._session() as c:
-            rows = c.execute(f"SELECT {schema.EVENT_COLUMNS} FROM events WHERE workflow_id = ? "
+            rows = c.execute(f"SELECT {schema.EVENT_SELECT} FROM events WHERE workflow_id = ? "
                              "AND seq > ? ORDER BY seq", [workflow_id, after_seq]).fetchall()
         return [EventRecord(*r) for r in rows]
 
@@ -324,6 +326,12 @@ class DuckDBStore(JournalStore):
             c.execute("UPDATE leases SET owner_id = NULL, token = token + 1, expires_at = ?, "
                       "renewed_at = ? WHERE workflow_id = ?", [now, now, workflow_id])
         return LeaseRecord(*before)
+
+
+def _event_meta(e: EventRecord) -> str:
+    return json.dumps({"attempt": e.attempt, "started_at": e.started_at, "ended_at": e.ended_at,
+                       "info": e.info, "enc": e.encoding, "sum": e.checksum,
+                       "token": e.lease_token}, separators=(",", ":"))
 
 
 def _astuple(record) -> tuple:

@@ -85,19 +85,15 @@ class MemoryStore(JournalStore):
     def append_event(self, event, token):
         with self._lock:
             self._check_fence(event.workflow_id, token)
-            events = self._events.setdefault(event.workflow_id, [])
-            if events and event.seq <= events[-1].seq:
-                raise ValueError(f"duplicate or out-of-order seq {event.seq} for "
-                                 f"{event.workflow_id}")
-            events.append(event)
+            self._events.setdefault(event.workflow_id, []).append(event)
 
     def read_events(self, workflow_id, after_seq=0):
         with self._lock:
-            return [e for e in self._events.get(workflow_id, []) if e.seq > after_seq]
+            return sorted((e for e in self._events.get(workflow_id, []) if e.seq > after_seq),
+                          key=lambda e: e.seq)
 
     def last_seq(self, workflow_id):
-        events = self._events.get(workflow_id)
-        return events[-1].seq if events else 0
+        return max((e.seq for e in self._events.get(workflow_id, [])), default=0)
 
     def write_snapshot(self, snapshot, token):
         with self._lock:
