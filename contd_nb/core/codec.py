@@ -16,8 +16,6 @@ import json
 import sys
 from typing import Any
 
-import cloudpickle
-
 from ..sdk.errors import PayloadSignatureError, UnserializableValue
 
 __all__ = ["checksum", "decode", "encode", "sign", "unsign"]
@@ -100,6 +98,8 @@ def encode(value: Any, key: bytes, what: str = "value") -> tuple[str, bytes]:
         data = _arrow_ndarray(value)
         if data is not None:
             return "arrow-tensor", data
+    import cloudpickle
+
     try:
         data = cloudpickle.dumps(value, protocol=5)
     except Exception as e:

@@ -24,8 +24,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import duckdb
+from typing import TYPE_CHECKING
 
 from ..sdk.errors import JournalBusy, JournalCorrupted, LeaseLost
 from . import schema
@@ -39,6 +38,9 @@ from .base import (
 )
 from .file_gate import FileGate, process_state
 from .signing_key import key_for_file
+
+if TYPE_CHECKING:
+    import duckdb
 
 __all__ = ["DuckDBStore", "default_busy_timeout"]
 
@@ -115,6 +117,8 @@ class DuckDBStore(JournalStore):
         return self._conn
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
+        import duckdb  # here, not at module level: `import contd_nb` stays cheap
+
         start = time.monotonic()
         while True:
             try:
