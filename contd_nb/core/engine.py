@@ -206,20 +206,32 @@ class ExecutionEngine:
         if existing is not None and existing.status == "cancelled":
             raise WorkflowCancelled(wid)
         with self._active_lock:
-            if wid in self._active:
-                active = self._active[wid]
-                raise WorkflowLocked(wid, active.executor_id, None, HOST, os.getpid())
+            if wid in self._active:  # running in this process already (another thread)
+                raise WorkflowLocked(wid, self.executor_id, None, HOST, os.getpid())
             self._active[wid] = None  # type: ignore[assignment]  # reserve the id
         try:
-            return self._prepare(definition, args, kwargs, wid, existing)
+            run, done = self._prepare(definition, args, kwargs, wid)
         except BaseException:
-            with self._active_lock:
-                self._active.pop(wid, None)
+            run = None
             raise
+        finally:
+            if run is None:
+                with self._active_lock:
+                    self._active.pop(wid, None)
+        return run, done
 
-    def _prepare(self, definition, args, kwargs, wid, existing):
+    def _prepare(self, definition, args, kwargs, wid):
         token = self.lease_manager.acquire(wid)
         try:
+            # read again under the lease: another executor may have run it meanwhile
+            existing = self.store.get_workflow(wid)
+            if existing is not None and existing.status in ("completed", "cancelled"):
+                self.lease_manager.release(wid)
+                if existing.status == "cancelled":
+                    raise WorkflowCancelled(wid)
+                return None, self.journal.decode(existing.result_encoding,
+                                                 existing.result_payload, wid, None,
+                                                 "the workflow result")
             interval = definition.config.snapshot_interval
             interval = self.snapshot_interval if interval is None else interval
             if existing is None:
