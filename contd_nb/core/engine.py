@@ -21,9 +21,10 @@ from typing import Any, ClassVar
 
 from ..persistence.adapters import open_store
 from ..persistence.base import JournalStore, RestoreRecord, WorkflowRecord
-from ..sdk.config import WorkflowConfig
+from ..sdk.config import WorkflowConfig, to_seconds
 from ..sdk.context import _current_run
 from ..sdk.errors import (
+    ConfigurationError,
     InvalidWorkflowId,
     LeaseLost,
     UnserializableValue,
@@ -37,7 +38,7 @@ from .replay import FoldedState, fold
 from .run import WorkflowRun
 
 __all__ = ["EngineEvent", "ExecutionEngine", "RestoredState", "WorkflowDefinition",
-           "validate_workflow_id"]
+           "resolve_workflow_id", "validate_workflow_id"]
 
 log = logging.getLogger("contd_nb.core")
 _ID_OK = re.compile(r"[A-Za-z0-9._:@+=-]{1,200}")
@@ -55,6 +56,16 @@ def validate_workflow_id(workflow_id: Any) -> str:
         bad = sorted({c for c in workflow_id if not _ID_OK.fullmatch(c)})
         raise InvalidWorkflowId(workflow_id, f"it contains {''.join(bad)!r}")
     return workflow_id
+
+
+def resolve_workflow_id(workflow_id: Any, definition: WorkflowDefinition) -> str:
+    """The given id, else the definition's configured one, else a new one; validated. Only
+    None means "not given": an empty id is an error, not a request for a new one."""
+    if workflow_id is None:
+        workflow_id = definition.config.workflow_id
+    if workflow_id is None:
+        return f"wf-{uuid.uuid4().hex[:16]}"
+    return validate_workflow_id(workflow_id)
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,8 @@ class ExecutionEngine:
                  lease_ttl: float = DEFAULT_TTL,
                  snapshot_interval: int = DEFAULT_SNAPSHOT_INTERVAL,
                  executor_id: str | None = None) -> None:
+        to_seconds(lease_ttl, "lease_ttl")
+        self.snapshot_interval = snapshot_interval
         self.store = open_store(journal)
         self.journal = Journal(self.store)
         self._pid = os.getpid()
@@ -124,12 +137,23 @@ class ExecutionEngine:
         self._listeners: list[Callable[[EngineEvent], None]] = []
         self.lease_manager = LeaseManager(self.store, self.executor_id, lease_ttl,
                                           on_event=self.emit)
-        self.snapshot_interval = snapshot_interval
         # tests only: called as hook("attempt"|"completed", step_name, step_number, attempt);
         # whatever it raises happens at that point of the step (see sdk.testing)
         self.fault_hook: Callable[[str, str, int, int], None] | None = None
         self._active: dict[str, WorkflowRun] = {}
         self._active_lock = threading.Lock()
+
+    @property
+    def snapshot_interval(self) -> int:
+        """Write a snapshot every this many steps (0: never). Workflows may override it."""
+        return self._snapshot_interval
+
+    @snapshot_interval.setter
+    def snapshot_interval(self, value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigurationError(f"snapshot_interval={value!r} is not valid: an integer "
+                                     ">= 0 (0 disables snapshots)")
+        self._snapshot_interval = value
 
     # -- the default instance -------------------------------------------------------------------
     @classmethod
@@ -196,8 +220,7 @@ class ExecutionEngine:
     def _begin(self, definition: WorkflowDefinition, args: tuple, kwargs: dict,
                workflow_id: str | None) -> tuple[WorkflowRun | None, Any]:
         """Take the lease and prepare a run; or (None, result) if it already completed."""
-        wid = validate_workflow_id(workflow_id or definition.config.workflow_id
-                                   or f"wf-{uuid.uuid4().hex[:16]}")
+        wid = resolve_workflow_id(workflow_id, definition)
         existing = self.store.get_workflow(wid)
         if existing is not None and existing.status == "completed":
             log.info("workflow %s already completed; returning its journaled result", wid)

@@ -16,6 +16,7 @@ the file. The first fenced write of a session reads the token; later ones reuse 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import threading
@@ -26,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..sdk.errors import JournalBusy, JournalCorrupted, LeaseLost
+from ..sdk.errors import ConfigurationError, JournalBusy, JournalCorrupted, LeaseLost
 from . import schema
 from .base import (
     EventRecord,
@@ -46,10 +47,19 @@ __all__ = ["DuckDBStore", "default_busy_timeout"]
 
 _LOCK_CONFLICT = re.compile(r"Could not set lock|Conflicting lock", re.I)
 _PID_IN_MESSAGE = re.compile(r"PID (\d+)")
+_DAMAGED = re.compile(r"Could not read enough bytes|Corrupt|checksum|not a valid DuckDB", re.I)
 
 
 def default_busy_timeout() -> float:
-    return float(os.environ.get("CONTD_BUSY_TIMEOUT", "30"))
+    raw = os.environ.get("CONTD_BUSY_TIMEOUT", "30")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigurationError(f"CONTD_BUSY_TIMEOUT={raw!r} is not valid: give a number of "
+                                 "seconds >= 0")
+    return value
 
 
 class DuckDBStore(JournalStore):
@@ -95,6 +105,12 @@ class DuckDBStore(JournalStore):
             conn = self._ensure_open()
             try:
                 yield conn
+            except Exception as e:
+                if _DAMAGED.search(str(e)) and type(e).__module__.startswith(("duckdb",
+                                                                               "_duckdb")):
+                    self._close_conn()
+                    raise JournalCorrupted(self.path, f"DuckDB cannot read it: {e}") from e
+                raise
             finally:
                 self._last_use = time.monotonic()
 

@@ -17,7 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.engine import ExecutionEngine, WorkflowDefinition, validate_workflow_id
+from ..core.engine import (
+    ExecutionEngine,
+    WorkflowDefinition,
+    resolve_workflow_id,
+    validate_workflow_id,
+)
 from ..persistence.base import WorkflowRecord
 from .errors import (
     ConfigurationError,
@@ -104,10 +109,7 @@ class Client:
               **kwargs: Any) -> WorkflowHandle:
         """Run a workflow in a background thread; returns a handle with ``.result()``."""
         definition = self._definition(fn)
-        import uuid
-
-        wid = validate_workflow_id(workflow_id or definition.config.workflow_id
-                                   or f"wf-{uuid.uuid4().hex[:16]}")
+        wid = resolve_workflow_id(workflow_id, definition)
         box: dict = {}
 
         def target() -> None:
@@ -161,8 +163,12 @@ class Client:
 
     def _summary(self, rec: WorkflowRecord, steps: int | None = None) -> WorkflowStatus:
         lease = self.engine.store.get_lease(rec.workflow_id)
-        status = rec.status
         held = lease is not None and lease.owner_id is not None and lease.expires_at > time.time()
+        if rec.status == "running" and not held:
+            # the final status is written before the lease is released: read it again, so a
+            # workflow that just finished is not reported as interrupted
+            rec = self.engine.store.get_workflow(rec.workflow_id) or rec
+        status = rec.status
         if status == "running" and not held:
             status = "interrupted"
         error = None
