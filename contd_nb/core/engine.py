@@ -267,6 +267,9 @@ class ExecutionEngine:
             else:
                 restored = self.restore(wid, purpose="resume")
                 if restored.status == "completed":  # its events say so (status row lagged)
+                    enc, payload = restored.folded.result
+                    self.store.update_workflow(wid, token, status="completed",
+                                               result_encoding=enc, result_payload=payload)
                     self.lease_manager.release(wid)
                     return None, restored.result()
                 run = WorkflowRun(self, wid, definition.name, token, restored.folded, interval)

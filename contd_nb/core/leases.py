@@ -35,6 +35,14 @@ def process_start_time(pid: int) -> float | None:
         return None
 
 
+def _process_state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return None
+
+
 def owner_is_dead(lease: LeaseRecord, host: str) -> bool:
     """True only when we can be sure: the owner ran on this host and its process is gone."""
     if lease.host != host or not lease.pid:
@@ -45,6 +53,8 @@ def owner_is_dead(lease: LeaseRecord, host: str) -> bool:
         return True
     except PermissionError:
         return False
+    if _process_state(lease.pid) in ("Z", "X"):  # exited; its parent has not reaped it yet
+        return True
     started = process_start_time(lease.pid)
     return (lease.pid_started is not None and started is not None
             and started != lease.pid_started)  # the pid now belongs to another process
@@ -178,6 +188,7 @@ class LeaseManager:
         """Renew every held lease once (the background thread calls this every ttl/3)."""
         with self._lock:
             held = list(self._held.items())
+        was_open = self.store.is_open()
         for workflow_id, token in held:
             now = time.time()
             try:
@@ -193,6 +204,8 @@ class LeaseManager:
                     if self._held.get(workflow_id) == token:
                         self._held.pop(workflow_id)
                         self._lost.add(workflow_id)
+        if not was_open:  # opened the journal only to renew: let go of it at once
+            self.store.idle()
 
     def _ensure_heartbeat(self) -> None:
         if self._thread is None or not self._thread.is_alive():

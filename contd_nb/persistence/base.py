@@ -192,6 +192,10 @@ class JournalStore(abc.ABC):
         out. Returns the lease as it was, or None if there was none."""
 
     # -- hand-over --------------------------------------------------------------------------
+    def is_open(self) -> bool:
+        """Whether the store holds its file or connection right now."""
+        return True
+
     def idle(self) -> None:  # noqa: B027 - optional hook
         """The caller has nothing more to write for now (a file-based store lets go of the
         file so other processes can use it)."""

@@ -185,6 +185,9 @@ class DuckDBStore(JournalStore):
         finally:
             self._lock.release()
 
+    def is_open(self) -> bool:
+        return self._conn is not None
+
     def idle(self) -> None:
         with self._lock:
             self._close_conn()
