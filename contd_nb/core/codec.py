@@ -70,7 +70,8 @@ def _arrow_dataframe(df) -> bytes | None:
 def _arrow_ndarray(arr) -> bytes | None:
     import pyarrow as pa
 
-    if arr.dtype.kind not in "biufc" or arr.dtype.byteorder not in "=|<":
+    # Arrow tensors have no bool (it would come back as uint8) and no complex: pickle those
+    if arr.dtype.kind not in "iuf" or arr.dtype.byteorder not in "=|<":
         return None
     try:
         tensor = pa.Tensor.from_numpy(arr)
@@ -123,7 +124,8 @@ def decode(encoding: str | None, payload: bytes | None, key: bytes,
     if encoding == "arrow-df":
         return pa.ipc.open_stream(payload).read_all().to_pandas()
     if encoding == "arrow-tensor":
-        return pa.ipc.read_tensor(pa.py_buffer(payload)).to_numpy()
+        # a copy: the tensor is a read-only view of the payload, the original was writable
+        return pa.ipc.read_tensor(pa.py_buffer(payload)).to_numpy().copy()
     raise ValueError(f"unknown payload encoding {encoding!r}")
 
 

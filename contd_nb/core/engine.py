@@ -349,10 +349,14 @@ class ExecutionEngine:
         return exc
 
     def run(self, definition: WorkflowDefinition, args: tuple = (), kwargs: dict | None = None,
-            workflow_id: str | None = None) -> Any:
-        """Run (or continue) a sync workflow to its end and return its result."""
+            workflow_id: str | None = None,
+            on_started: Callable[[], None] | None = None) -> Any:
+        """Run (or continue) a sync workflow to its end and return its result.
+        ``on_started`` is called once the lease is held and the workflow is journaled."""
         kwargs = kwargs or {}
         run, done = self._begin(definition, args, kwargs, workflow_id)
+        if on_started is not None:
+            on_started()
         if run is None:
             return done
         ctx = _current_run.set(run)
@@ -373,10 +377,13 @@ class ExecutionEngine:
         return value
 
     async def arun(self, definition: WorkflowDefinition, args: tuple = (),
-                   kwargs: dict | None = None, workflow_id: str | None = None) -> Any:
+                   kwargs: dict | None = None, workflow_id: str | None = None,
+                   on_started: Callable[[], None] | None = None) -> Any:
         """The async twin of ``run`` for ``async def`` workflows."""
         kwargs = kwargs or {}
         run, done = self._begin(definition, args, kwargs, workflow_id)
+        if on_started is not None:
+            on_started()
         if run is None:
             return done
         ctx = _current_run.set(run)

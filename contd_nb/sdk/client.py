@@ -95,10 +95,11 @@ class Client:
                                      "decorate it with @workflow")
         return definition
 
-    def _run(self, definition: WorkflowDefinition, args, kwargs, workflow_id):
+    def _run(self, definition: WorkflowDefinition, args, kwargs, workflow_id, on_started=None):
         if definition.is_async:
-            return asyncio.run(self.engine.arun(definition, args, kwargs, workflow_id))
-        return self.engine.run(definition, args, kwargs, workflow_id)
+            return asyncio.run(self.engine.arun(definition, args, kwargs, workflow_id,
+                                                on_started))
+        return self.engine.run(definition, args, kwargs, workflow_id, on_started)
 
     def run(self, fn: Callable[..., Any], *args: Any, workflow_id: str | None = None,
             **kwargs: Any) -> Any:
@@ -111,15 +112,19 @@ class Client:
         definition = self._definition(fn)
         wid = resolve_workflow_id(workflow_id, definition)
         box: dict = {}
+        started = threading.Event()
 
         def target() -> None:
             try:
-                box["result"] = self._run(definition, args, kwargs, wid)
+                box["result"] = self._run(definition, args, kwargs, wid, started.set)
             except BaseException as e:  # noqa: BLE001 - handed to result()
                 box["error"] = e
+            finally:
+                started.set()
 
         thread = threading.Thread(target=target, name=f"contd-workflow-{wid}", daemon=True)
         thread.start()
+        started.wait()  # the lease is held and the workflow journaled (or it failed to start)
         return WorkflowHandle(self, wid, thread, box)
 
     def resume(self, workflow_id: str, fn: Callable[..., Any] | None = None) -> Any:
