@@ -22,6 +22,7 @@ import pytest
 
 from contd_nb.persistence.base import (
     SCHEMA_VERSION,
+    BlobRecord,
     EventRecord,
     JournalStore,
     LeaseRecord,
@@ -440,6 +441,33 @@ def test_concurrent_appends_of_different_workflows_all_land(store):
 # -- snapshots ------------------------------------------------------------------------------
 
 
+def _blob(data: bytes, h: str | None = None) -> BlobRecord:
+    return BlobRecord(h or f"h-{len(data)}-{data[:4].hex()}", "pickle", data, len(data), T0)
+
+
+def test_blobs_are_committed_with_their_event_and_stored_once(store):
+    store.take_lease(lease(), None)
+    a, b = _blob(b"alpha" * 100), _blob(b"beta" * 10)
+    store.append_event(ev(1, token=1), 1, blobs=(a, b))
+    store.append_event(ev(2, token=1), 1, blobs=(a,))  # same hash again: skipped, not an error
+    assert [e.seq for e in store.read_events("wf-1")] == [1, 2]
+    got = store.get_blobs([a.hash, b.hash, "missing"])
+    assert set(got) == {a.hash, b.hash}
+    assert got[a.hash] == a and got[b.hash] == b
+    assert store.known_blobs([a.hash, "missing"]) == {a.hash}
+    assert store.get_blobs([]) == {} and store.known_blobs([]) == set()
+
+
+def test_blobs_of_a_fenced_out_write_are_not_stored(store):
+    store.take_lease(lease(), None)
+    store.force_release("wf-1", time.time())
+    blob = _blob(b"never")
+    with pytest.raises(LeaseLost):
+        store.append_event(ev(1, token=1), 1, blobs=(blob,))
+    assert store.known_blobs([blob.hash]) == set()
+    assert store.read_events("wf-1") == []
+
+
 def test_snapshots_latest_by_seq(store):
     assert store.latest_snapshot("wf-1") is None
     store.write_snapshot(snap(11, 5), None)
@@ -542,3 +570,29 @@ def test_duckdb_two_store_objects_on_one_file_take_turns(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_duckdb_journal_of_schema_1_is_migrated_and_keeps_its_rows(tmp_path):
+    import duckdb
+
+    from contd_nb.persistence import schema
+
+    path = tmp_path / "old" / "journal.duckdb"
+    path.parent.mkdir()
+    con = duckdb.connect(str(path))  # a journal as version 1 wrote it (no blobs table)
+    for stmt in schema.CREATE_STATEMENTS:
+        if "CREATE TABLE blobs" not in stmt:
+            con.execute(stmt.format(blob="BLOB"))
+    con.execute("INSERT INTO contd_meta VALUES ('schema_version', '1')")
+    con.execute("INSERT INTO workflows (workflow_id, name, function, status, created_at, "
+                "updated_at) VALUES ('old-wf', 'p', 'm:p', 'completed', 1, 2)")
+    con.close()
+    store = DuckDBStore(path, busy_timeout=20)
+    try:
+        assert store.schema_version() == SCHEMA_VERSION == 2
+        assert store.get_workflow("old-wf").status == "completed"
+        store.take_lease(lease("old-wf"), None)
+        store.append_event(ev(1, workflow_id="old-wf", token=1), 1, blobs=(_blob(b"new"),))
+        assert store.known_blobs([_blob(b"new").hash]) == {_blob(b"new").hash}
+    finally:
+        store.close()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "SCHEMA_VERSION",
+    "BlobRecord",
     "EventRecord",
     "JournalStore",
     "LeaseRecord",
@@ -24,7 +25,7 @@ __all__ = [
     "WorkflowRecord",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: content-addressed blobs (notebook variables)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,17 @@ class EventRecord:
     payload: bytes | None
     checksum: str
     lease_token: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRecord:
+    """A stored value, addressed by the hash of its encoding and bytes (stored once)."""
+
+    hash: str
+    encoding: str
+    payload: bytes
+    size: int
+    created_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +149,13 @@ class JournalStore(abc.ABC):
 
     # -- events -----------------------------------------------------------------------------
     @abc.abstractmethod
-    def append_event(self, event: EventRecord, token: int | None) -> None:
+    def append_event(self, event: EventRecord, token: int | None,
+                     blobs: tuple[BlobRecord, ...] = ()) -> None:
         """Commit one event, atomically with the check that ``token`` is current (raises
         LeaseLost otherwise). ``token=None`` writes without a lease check (imports, tests).
         Stores need not enforce unique (workflow_id, seq): the fenced lease holder is the
-        only writer of a workflow and continues from the last seq it restored."""
+        only writer of a workflow and continues from the last seq it restored. ``blobs`` are
+        stored in the same transaction (a blob whose hash exists is skipped)."""
 
     @abc.abstractmethod
     def read_events(self, workflow_id: str, after_seq: int = 0) -> list[EventRecord]:
@@ -150,6 +164,15 @@ class JournalStore(abc.ABC):
     @abc.abstractmethod
     def last_seq(self, workflow_id: str) -> int:
         """Highest seq of the workflow, 0 if none."""
+
+    # -- blobs ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def get_blobs(self, hashes: list[str]) -> dict[str, BlobRecord]:
+        """The blobs that exist among ``hashes``, by hash."""
+
+    @abc.abstractmethod
+    def known_blobs(self, hashes: list[str]) -> set[str]:
+        """Which of ``hashes`` are stored (without reading payloads)."""
 
     # -- snapshots --------------------------------------------------------------------------
     @abc.abstractmethod

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from ..sdk.errors import ConfigurationError, JournalBusy, JournalCorrupted, LeaseLost
 from . import schema
 from .base import (
+    BlobRecord,
     EventRecord,
     JournalStore,
     LeaseRecord,
@@ -246,12 +247,41 @@ class DuckDBStore(JournalStore):
                             row[0] if row else None)
         self._fence_ok[workflow_id] = token
 
-    def append_event(self, event: EventRecord, token: int | None) -> None:
+    def append_event(self, event: EventRecord, token: int | None,
+                     blobs: tuple[BlobRecord, ...] = ()) -> None:
+        row = [event.workflow_id, event.seq, event.kind, event.step_number, event.step_name,
+               _event_meta(event), event.payload]
         with self._session() as c:
             self._check_fence(c, event.workflow_id, token)
-            c.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?)",
-                      [event.workflow_id, event.seq, event.kind, event.step_number,
-                       event.step_name, _event_meta(event), event.payload])
+            if not blobs:
+                c.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?)", row)
+                return
+            c.execute("BEGIN TRANSACTION")
+            try:
+                for b in blobs:
+                    c.execute("INSERT INTO blobs VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
+                              [b.hash, b.encoding, b.payload, b.size, b.created_at])
+                c.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?)", row)
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+    def get_blobs(self, hashes: list[str]) -> dict[str, BlobRecord]:
+        if not hashes:
+            return {}
+        with self._session() as c:
+            rows = c.execute(f"SELECT {schema.BLOB_COLUMNS} FROM blobs WHERE hash IN "
+                             f"({','.join('?' * len(hashes))})", list(hashes)).fetchall()
+        return {r[0]: BlobRecord(*r) for r in rows}
+
+    def known_blobs(self, hashes: list[str]) -> set[str]:
+        if not hashes:
+            return set()
+        with self._session() as c:
+            rows = c.execute(f"SELECT hash FROM blobs WHERE hash IN "
+                             f"({','.join('?' * len(hashes))})", list(hashes)).fetchall()
+        return {r[0] for r in rows}
 
     def read_events(self, workflow_id: str, after_seq: int = 0) -> list[EventRecord]:
         with self._session() as c:

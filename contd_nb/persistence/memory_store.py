@@ -10,6 +10,7 @@ import threading
 from ..sdk.errors import LeaseLost
 from .base import (
     SCHEMA_VERSION,
+    BlobRecord,
     EventRecord,
     JournalStore,
     LeaseRecord,
@@ -31,6 +32,7 @@ class MemoryStore(JournalStore):
         self._snapshots: dict[str, list[SnapshotRecord]] = {}
         self._leases: dict[str, LeaseRecord] = {}
         self._restores: list[RestoreRecord] = []
+        self._blobs: dict[str, BlobRecord] = {}
         self._key = secrets.token_bytes(32)
 
     def describe(self) -> str:
@@ -82,10 +84,20 @@ class MemoryStore(JournalStore):
             raise LeaseLost(workflow_id, token, lease.token if lease else None,
                             lease.owner_id if lease else None)
 
-    def append_event(self, event, token):
+    def append_event(self, event, token, blobs=()):
         with self._lock:
             self._check_fence(event.workflow_id, token)
+            for b in blobs:
+                self._blobs.setdefault(b.hash, b)
             self._events.setdefault(event.workflow_id, []).append(event)
+
+    def get_blobs(self, hashes):
+        with self._lock:
+            return {h: self._blobs[h] for h in hashes if h in self._blobs}
+
+    def known_blobs(self, hashes):
+        with self._lock:
+            return {h for h in hashes if h in self._blobs}
 
     def read_events(self, workflow_id, after_seq=0):
         with self._lock:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..sdk.errors import JournalCorrupted, JournalSchemaTooNew
 from .base import SCHEMA_VERSION
 
-__all__ = ["CREATE_STATEMENTS", "EVENT_SELECT", "LEASE_COLUMNS", "RESTORE_COLUMNS",
+__all__ = ["BLOB_COLUMNS", "CREATE_STATEMENTS", "EVENT_SELECT", "LEASE_COLUMNS", "RESTORE_COLUMNS",
            "SNAPSHOT_COLUMNS", "WORKFLOW_COLUMNS", "ensure"]
 
 WORKFLOW_COLUMNS = ("workflow_id, name, function, status, created_at, updated_at, "
@@ -26,6 +26,13 @@ LEASE_COLUMNS = ("workflow_id, owner_id, token, expires_at, host, pid, pid_start
                  "acquired_at, renewed_at")
 RESTORE_COLUMNS = ("workflow_id, started_at, duration_ms, events_replayed, snapshot_step, "
                    "purpose, owner_id")
+
+BLOBS_V2 = [
+    """CREATE TABLE blobs (
+        hash VARCHAR PRIMARY KEY, encoding VARCHAR NOT NULL, payload {blob} NOT NULL,
+        size BIGINT NOT NULL, created_at DOUBLE PRECISION NOT NULL)""",
+]
+BLOB_COLUMNS = "hash, encoding, payload, size, created_at"
 
 # The DuckDB schema (a PostgreSQL backend keeps the same tables and columns).
 CREATE_STATEMENTS = [
@@ -58,10 +65,13 @@ CREATE_STATEMENTS = [
         duration_ms DOUBLE PRECISION NOT NULL, events_replayed INTEGER NOT NULL,
         snapshot_step INTEGER, purpose VARCHAR NOT NULL, owner_id VARCHAR)""",
     "CREATE INDEX restores_workflow ON restores (workflow_id)",
+    *BLOBS_V2,
 ]
 
 # MIGRATIONS[n] takes a journal from version n to n + 1.
-MIGRATIONS: dict[int, list[str]] = {}
+MIGRATIONS: dict[int, list[str]] = {
+    1: BLOBS_V2,
+}
 
 
 def quick_version(conn) -> int | None:
