@@ -84,9 +84,24 @@ __all__ = [
     "WorkflowStatus",
     "__version__",
     "configure",
+    "load_ipython_extension",
     "step",
+    "unload_ipython_extension",
     "workflow",
 ]
+
+
+def load_ipython_extension(ip) -> None:
+    """``%load_ext contd_nb``: register the magics (%contd_run, %%contd_step, ...)."""
+    from .notebook import load_ipython_extension as load
+
+    load(ip)
+
+
+def unload_ipython_extension(ip) -> None:
+    from .notebook import unload_ipython_extension as unload
+
+    unload(ip)
 
 
 def configure(journal: str | os.PathLike | None = None, **engine_options) -> ExecutionEngine:

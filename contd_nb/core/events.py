@@ -17,6 +17,7 @@ __all__ = [
     "JournalEvent",
     "StepCompleted",
     "StepFailed",
+    "StepStarted",
     "WorkflowCancelled",
     "WorkflowCompleted",
     "WorkflowFailedEvent",
@@ -83,6 +84,14 @@ class StepCompleted(JournalEvent):
 
 
 @dataclass(frozen=True)
+class StepStarted(JournalEvent):
+    """A notebook cell step began (cells journal their start: a kernel that dies mid-cell
+    leaves it as the pending step)."""
+
+    kind: ClassVar[str] = "step_started"
+
+
+@dataclass(frozen=True)
 class StepFailed(JournalEvent):
     kind: ClassVar[str] = "step_failed"
 
@@ -115,7 +124,8 @@ class WorkflowCancelled(JournalEvent):
 
 
 EVENT_TYPES: dict[str, type[JournalEvent]] = {
-    cls.kind: cls for cls in (WorkflowStarted, WorkflowResumed, StepCompleted, StepFailed,
+    cls.kind: cls for cls in (WorkflowStarted, WorkflowResumed, StepStarted, StepCompleted,
+                              StepFailed,
                               WorkflowCompleted, WorkflowFailedEvent, WorkflowCancelled)
 }
 

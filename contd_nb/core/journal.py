@@ -38,7 +38,8 @@ class Journal:
                step_number: int | None = None, step_name: str | None = None,
                attempt: int | None = None, started_at: float | None = None,
                info: dict | None = None, encoding: str | None = None,
-               payload: bytes | None = None, ended_at: float | None = None) -> EventRecord:
+               payload: bytes | None = None, ended_at: float | None = None,
+               blobs: tuple = ()) -> EventRecord:
         ended = time.time() if ended_at is None else ended_at
         info_text = json.dumps(info, separators=(",", ":")) if info else None
         record = EventRecord(
@@ -47,7 +48,8 @@ class Journal:
             codec.checksum(workflow_id, seq, kind, step_number, step_name, attempt, info_text,
                            encoding, payload=payload),
             token)
-        self.store.append_event(record, token)
+        self.store.append_event(record, token, blobs) if blobs else \
+            self.store.append_event(record, token)
         return record
 
     # -- reading -----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ Async steps are cancelled by ``asyncio.wait_for``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import signal
 import threading
@@ -22,7 +23,7 @@ from typing import Any
 
 from ..sdk.errors import StepTimeout
 
-__all__ = ["acall_with_timeout", "call_with_timeout"]
+__all__ = ["acall_with_timeout", "call_with_timeout", "interrupt_after"]
 
 
 class _Expired(BaseException):
@@ -90,3 +91,23 @@ async def acall_with_timeout(coro_fn: Callable[..., Awaitable[Any]], args: tuple
         return await asyncio.wait_for(coro_fn(*args, **kwargs), timeout=seconds)
     except TimeoutError:
         raise StepTimeout(step_name, seconds) from None
+
+
+@contextlib.contextmanager
+def interrupt_after(seconds: float | None, step_name: str):
+    """In the main thread, raise StepTimeout inside whatever runs in the block once
+    ``seconds`` passed (used for notebook cells, where IPython shows the error as usual)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise StepTimeout(step_name, seconds)
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

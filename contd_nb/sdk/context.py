@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import NoActiveWorkflow
 
-__all__ = ["ExecutionContext", "current_run"]
+__all__ = ["ExecutionContext", "current_run", "set_notebook_run"]
 
 # The running workflow (an engine-internal run object), or None outside workflows.
 _current_run: contextvars.ContextVar[Any] = contextvars.ContextVar("contd_nb_run", default=None)
@@ -22,8 +22,19 @@ _current_step: contextvars.ContextVar[ExecutionContext | None] = contextvars.Con
     "contd_nb_step", default=None)
 
 
+# A notebook run (%contd_run) spans many cells, each of which may run in its own asyncio task
+# (a copied context), so it is process-wide; a running @workflow's ContextVar wins over it.
+_notebook_run: Any = None
+
+
+def set_notebook_run(run: Any) -> None:
+    global _notebook_run
+    _notebook_run = run
+
+
 def current_run() -> Any:
-    return _current_run.get()
+    run = _current_run.get()
+    return run if run is not None else _notebook_run
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,7 @@ class ExecutionContext:
         step_ctx = _current_step.get()
         if step_ctx is not None:
             return step_ctx
-        run = _current_run.get()
+        run = current_run()
         if run is None:
             raise NoActiveWorkflow("ExecutionContext.current() was called outside a workflow")
         return cls(workflow_id=run.workflow_id, workflow_name=run.workflow_name,

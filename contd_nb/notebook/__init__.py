@@ -1,0 +1,29 @@
+"""Durable notebook cells: the IPython extension (``%load_ext contd_nb``).
+
+``magics`` (the magic commands), ``session`` (a notebook run), ``state`` (pure decisions),
+``values`` (variables as content-addressed blobs), ``capture`` (outputs), ``cell_analysis``
+(which names a cell writes and reads).
+"""
+
+from __future__ import annotations
+
+__all__ = ["load_ipython_extension", "unload_ipython_extension"]
+
+
+def load_ipython_extension(ip) -> None:
+    from .magics import ContdMagics
+
+    unload_ipython_extension(ip)  # %reload_ext: never registered twice
+    ip.register_magics(ContdMagics)
+
+
+def unload_ipython_extension(ip) -> None:
+    from .magics import ContdMagics
+
+    manager = ip.magics_manager
+    for kind in ("line", "cell"):
+        table = manager.magics[kind]
+        for name in [n for n, fn in table.items()
+                     if isinstance(getattr(fn, "__self__", None), ContdMagics)]:
+            del table[name]
+    manager.registry.pop(ContdMagics.__name__, None)
