@@ -1247,7 +1247,7 @@ def test_listener_events_arrive_in_order(engine):
         ("step_started", W, "a", 1), ("step_completed", W, "a", 1),
         ("step_started", W, "b", 1), ("step_failed", W, "b", 1),
         ("step_started", W, "b", 2), ("step_completed", W, "b", 2),
-        ("step_started", W, "c", 1)]
+        ("step_started", W, "c", 1), ("workflow_interrupted", W, None, None)]
     got.clear()
     crash["on"] = False
     assert Client().run(wf, workflow_id=W) == 6

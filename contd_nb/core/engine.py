@@ -170,6 +170,9 @@ class ExecutionEngine:
             return previous
 
     # -- listeners ----------------------------------------------------------------------------
+    # Instance listeners hear one engine; global ones (metrics) hear every engine.
+    _global_listeners: ClassVar[list[Callable[[EngineEvent], None]]] = []
+
     def add_listener(self, fn: Callable[[EngineEvent], None]) -> None:
         self._listeners.append(fn)
 
@@ -177,11 +180,25 @@ class ExecutionEngine:
         if fn in self._listeners:
             self._listeners.remove(fn)
 
+    @classmethod
+    def add_global_listener(cls, fn: Callable[[EngineEvent], None]) -> None:
+        if fn not in cls._global_listeners:
+            cls._global_listeners.append(fn)
+
+    @classmethod
+    def remove_global_listener(cls, fn: Callable[[EngineEvent], None]) -> None:
+        if fn in cls._global_listeners:
+            cls._global_listeners.remove(fn)
+
+    @property
+    def listening(self) -> bool:
+        return bool(self._listeners or ExecutionEngine._global_listeners)
+
     def emit(self, kind: str, workflow_id: str | None = None, **fields) -> None:
-        if not self._listeners:
+        if not self.listening:
             return
         event = EngineEvent(kind, workflow_id, time.time(), fields)
-        for fn in list(self._listeners):
+        for fn in [*self._listeners, *ExecutionEngine._global_listeners]:
             try:
                 fn(event)
             except Exception:  # a broken listener must not break a workflow
@@ -346,6 +363,8 @@ class ExecutionEngine:
                 return lost
         else:  # KeyboardInterrupt, SystemExit: resumable, not failed
             self._finish(run, "interrupted")
+            self.emit("workflow_interrupted", run.workflow_id, workflow_name=run.workflow_name,
+                      error_type=type(exc).__name__)
         return exc
 
     def run(self, definition: WorkflowDefinition, args: tuple = (), kwargs: dict | None = None,

@@ -75,7 +75,7 @@ class WorkflowRun:
         t0 = time.perf_counter()
         self.journal.append(self.workflow_id, seq, kind, self.token, **fields)
         self.next_seq = seq + 1
-        if self.engine._listeners:
+        if self.engine.listening:
             self.engine.emit("journal_write", self.workflow_id,
                              duration_ms=(time.perf_counter() - t0) * 1000)
         return seq
@@ -91,7 +91,7 @@ class WorkflowRun:
                             "result (start a new workflow id to run the new code)",
                             pos, step.name, self.workflow_id)
             self.replayed.append(step.name)
-            if self.engine._listeners:
+            if self.engine.listening:
                 self.engine.emit("step_replayed", self.workflow_id, step_name=step.name,
                                  step_number=pos)
             return pos, self._decode(match.step), match.step
@@ -176,7 +176,7 @@ class WorkflowRun:
 
     def _emit_start(self, step: StepDefinition, pos: int, attempt: int) -> None:
         self.ran.append(step.name)
-        if self.engine._listeners:
+        if self.engine.listening:
             self.engine.emit("step_started", self.workflow_id, step_name=step.name,
                              step_number=pos, attempt=attempt)
 
@@ -197,7 +197,7 @@ class WorkflowRun:
         self.state.last_seq = seq
         self.failures = []
         self.interrupted = 0
-        if self.engine._listeners:
+        if self.engine.listening:
             self.engine.emit("step_completed", self.workflow_id, step_name=step.name,
                              step_number=pos, attempt=attempt,
                              duration_ms=(ended - started) * 1000)
@@ -224,7 +224,7 @@ class WorkflowRun:
         self.write("step_failed", step_number=pos, step_name=step.name, attempt=attempt,
                    started_at=started, info=info)
         self.failures.append(info)
-        if self.engine._listeners:
+        if self.engine.listening:
             self.engine.emit("step_failed", self.workflow_id, step_name=step.name,
                              step_number=pos, attempt=attempt,
                              error_type=type(exc).__name__,

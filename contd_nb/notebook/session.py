@@ -181,6 +181,8 @@ class NotebookSession:
             self.producers.pop(var, None)
         for var in values:
             self.producers[var] = (step.name, step.seq)
+        self.engine.emit("step_replayed", self.name, step_name=step.name, step_number=step.seq,
+                         cell=True)
         when = dt.datetime.fromtimestamp(step.ran_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         replay_outputs(self.shell, step.outputs,
                        f"\u21ba contd_nb: step '{step.name}' restored from the journal "
@@ -198,6 +200,8 @@ class NotebookSession:
         attempt = 1
         while True:
             started = time.time()
+            self.engine.emit("step_started", self.name, step_name=name,
+                             step_number=self.state.completions + 1, attempt=attempt, cell=True)
             self.run.cell, self.run.calls = name, Counter()
             ctx = _current_step.set(ExecutionContext(self.name, self.name,
                                                      self.engine.executor_id, name,
@@ -236,6 +240,10 @@ class NotebookSession:
                              "will_retry": decision.retry, "delay_s": round(decision.delay, 3),
                              "decision": decision.reason,
                              "timeout": isinstance(error, StepTimeout)})
+        self.engine.emit("step_failed", self.name, step_name=name, attempt=attempt,
+                         error_type=type(error).__name__, duration_ms=(time.time() - started)
+                         * 1000, timeout=isinstance(error, StepTimeout),
+                         will_retry=decision.retry, cell=True)
         return decision.delay if decision.retry else None
 
     def _completed(self, name, analysis, opts, candidates, attempt, started, outputs) -> None:
@@ -261,6 +269,9 @@ class NotebookSession:
                              step_name=name, attempt=attempt, started_at=started,
                              ended_at=ended, info=info, encoding="json",
                              payload=json.dumps(manifest).encode(), blobs=tuple(enc.blobs))
+        self.engine.emit("step_completed", self.name, step_name=name,
+                         step_number=self.state.completions + 1, attempt=attempt,
+                         duration_ms=(ended - started) * 1000, cell=True)
         apply_cell_completion(self.state, CellStep(
             name, seq, analysis.code_hash, started, ended - started, attempt, reads,
             enc.refs, deleted, enc.unpersistable, outputs))
