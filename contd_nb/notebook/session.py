@@ -207,7 +207,7 @@ class NotebookSession:
                                                      self.engine.executor_id, name,
                                                      self.state.completions + 1, attempt))
             try:
-                with OutputCapture(self.shell) as cap, _quiet_errors(self.shell), \
+                with OutputCapture(self.shell) as cap, _as_plain_cell(self.shell, raw_cell), \
                         interrupt_after(opts.timeout, name):
                     result = self.shell.run_cell(raw_cell, store_history=False)
             finally:
@@ -306,16 +306,22 @@ class NotebookSession:
 
 
 @contextlib.contextmanager
-def _quiet_errors(shell):
-    """The inner run_cell must not show the error: the magic re-raises it (or retries), and
-    IPython then shows it once, as for a plain cell."""
+def _as_plain_cell(shell, raw_cell: str):
+    """Make the nested run_cell behave like the cell itself: it does not show the error (the
+    magic re-raises it, or retries, and IPython then shows it once, as for a plain cell), and
+    a trailing ';' hides the last value (IPython looks for it in the outer cell's source)."""
     saved = shell.showtraceback, shell.showsyntaxerror
     shell.showtraceback = lambda *a, **k: None
     shell.showsyntaxerror = lambda *a, **k: None
+    hook = shell.displayhook
+    had_quiet = "quiet" in vars(hook)
+    hook.quiet = lambda: type(hook).semicolon_at_end_of_expression(raw_cell)
     try:
         yield
     finally:
         shell.showtraceback, shell.showsyntaxerror = saved
+        if not had_quiet:
+            del hook.quiet
 
 
 def restore_notebook_state(engine: ExecutionEngine, name: str
