@@ -64,3 +64,28 @@ def spawn_child(code: str, journal: Path | str, **extra_env: str) -> subprocess.
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
                             env=child_env(journal, **extra_env), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def kernelspec(tmp_path_factory):
+    """A ``python3`` kernelspec that runs this interpreter with the repo importable. Kernels
+    started by these tests get no CONTD_JOURNAL: each notebook names its journal."""
+    pytest.importorskip("nbclient")
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    saved = {k: os.environ.get(k) for k in ("JUPYTER_PATH", "PYTHONPATH", "CONTD_JOURNAL")}
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), saved["PYTHONPATH"]]))
+    os.environ.pop("CONTD_JOURNAL", None)
+    if "python3" not in KernelSpecManager().find_kernel_specs():
+        from ipykernel.kernelspec import install
+
+        prefix = tmp_path_factory.mktemp("kernelspec")
+        install(prefix=str(prefix), kernel_name="python3")
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(
+            filter(None, [str(prefix / "share" / "jupyter"), saved["JUPYTER_PATH"]]))
+    yield "python3"
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -13,7 +13,6 @@ Two layers:
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -210,29 +209,6 @@ REPLAY_CELL = f"""from contd_nb.notebook.capture import replay_outputs
 import json
 replay_outputs(get_ipython(), json.load(open('out.json')), {HEADER!r})
 """
-
-
-@pytest.fixture(scope="module")
-def kernelspec(tmp_path_factory):
-    """Make sure a ``python3`` kernelspec exists that runs this interpreter (see module doc)."""
-    pytest.importorskip("nbclient")
-    from jupyter_client.kernelspec import KernelSpecManager
-
-    saved = {k: os.environ.get(k) for k in ("JUPYTER_PATH", "PYTHONPATH")}
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), saved["PYTHONPATH"]]))
-    if "python3" not in KernelSpecManager().find_kernel_specs():
-        from ipykernel.kernelspec import install
-
-        prefix = tmp_path_factory.mktemp("kernelspec")
-        install(prefix=str(prefix), kernel_name="python3")
-        os.environ["JUPYTER_PATH"] = os.pathsep.join(
-            filter(None, [str(prefix / "share" / "jupyter"), saved["JUPYTER_PATH"]]))
-    yield "python3"
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def _run(cells: list[str], workdir: Path, kernel: str):

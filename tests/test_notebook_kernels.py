@@ -19,7 +19,6 @@ prefix if missing), PYTHONPATH pointing at the repository.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -36,29 +35,6 @@ from contd_nb import ExecutionEngine  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 RESTORED = "restored from the journal"
 CELL_TIMEOUT = 60
-
-
-@pytest.fixture(scope="module")
-def kernelspec(tmp_path_factory):
-    """Make sure a ``python3`` kernelspec exists that runs this interpreter."""
-    from jupyter_client.kernelspec import KernelSpecManager
-
-    saved = {k: os.environ.get(k) for k in ("JUPYTER_PATH", "PYTHONPATH", "CONTD_JOURNAL")}
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), saved["PYTHONPATH"]]))
-    os.environ.pop("CONTD_JOURNAL", None)  # every notebook here names its journal
-    if "python3" not in KernelSpecManager().find_kernel_specs():
-        from ipykernel.kernelspec import install
-
-        prefix = tmp_path_factory.mktemp("kernelspec")
-        install(prefix=str(prefix), kernel_name="python3")
-        os.environ["JUPYTER_PATH"] = os.pathsep.join(
-            filter(None, [str(prefix / "share" / "jupyter"), saved["JUPYTER_PATH"]]))
-    yield "python3"
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 # -- helpers ------------------------------------------------------------------------------------
