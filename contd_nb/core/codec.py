@@ -58,7 +58,9 @@ def _arrow_dataframe(df) -> bytes | None:
     if not all(type(c) is str for c in cols) or len(set(cols)) != len(cols):
         return None
     try:
-        table = pa.Table.from_pandas(df, preserve_index=True)
+        # preserve_index=None keeps a RangeIndex as metadata (not an 8-byte-per-row column)
+        # and stores any other index as columns
+        table = pa.Table.from_pandas(df, preserve_index=None)
     except (pa.ArrowException, TypeError, ValueError):
         return None
     sink = io.BytesIO()

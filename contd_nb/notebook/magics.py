@@ -115,7 +115,7 @@ class ContdMagics(Magics):
                   f"{time.perf_counter() - t0:.2f}s")
             self.shell.user_ns["_contd_result"] = result
             return
-        session = NotebookSession.start(self.shell, args.name)
+        session = NotebookSession.start(self.shell, args.name, engine=engine)
         report = session.resume_all()
         rows = [("steps restored", report["steps"]), ("variables", report["variables"]),
                 ("bytes", f"{report['bytes']:,}"), ("time", f"{report['seconds']:.2f}s"),

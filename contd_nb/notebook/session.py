@@ -96,18 +96,22 @@ class NotebookSession:
 
     # -- start / stop -------------------------------------------------------------------------
     @classmethod
-    def start(cls, shell, name: str, journal: str | None = None,
-              ttl: float | None = None) -> NotebookSession:
+    def start(cls, shell, name: str, journal: str | None = None, ttl: float | None = None,
+              engine: ExecutionEngine | None = None) -> NotebookSession:
         validate_workflow_id(name)
-        if cls.current is not None:
-            if cls.current.name == name and journal is None:
-                return cls.current
-            cls.current.close()
-        if journal is None and ttl is None:
+        previous = cls.current
+        if previous is not None:
+            if previous.name == name and journal is None and engine is None:
+                return previous
+            previous.close()
+        if engine is None and journal is None and ttl is None:
             engine = ExecutionEngine.get_instance()
-        else:
+        elif engine is None:
             options = {"lease_ttl": ttl} if ttl is not None else {}
             engine = ExecutionEngine(journal, **options)
+        if previous is not None and previous.engine is not engine \
+                and previous.engine is not ExecutionEngine._instance:
+            previous.engine.close()  # an engine this session opened for itself
         token = engine.lease_manager.acquire(name)
         try:
             run = cls._open_run(engine, name, token)
@@ -151,6 +155,7 @@ class NotebookSession:
         return run
 
     def close(self) -> None:
+        atexit.unregister(self.close)
         if NotebookSession.current is self:
             NotebookSession.current = None
             set_notebook_run(None)
@@ -262,7 +267,7 @@ class NotebookSession:
                  if v in self.producers}
         info = {"cell": True, "code_hash": analysis.code_hash, "reads": reads,
                 "deleted": deleted, "unpersistable": enc.unpersistable,
-                "mutated": mutated, "no_save": sorted(opts.no_save)}
+                "mutated": sorted(mutated), "no_save": sorted(opts.no_save)}
         manifest = {"values": enc.refs, "outputs": outputs}
         ended = time.time()
         seq = self.run.write("step_completed", step_number=self.state.completions + 1,
