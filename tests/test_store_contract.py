@@ -596,3 +596,29 @@ def test_duckdb_journal_of_schema_1_is_migrated_and_keeps_its_rows(tmp_path):
         assert store.known_blobs([_blob(b"new").hash]) == {_blob(b"new").hash}
     finally:
         store.close()
+
+
+def test_duckdb_large_blobs_live_in_files_checked_on_read(tmp_path):
+    from contd_nb.sdk.errors import JournalCorrupted
+
+    path = tmp_path / "files" / "journal.duckdb"
+    store = DuckDBStore(path, busy_timeout=20, blob_file_threshold=1000)
+    try:
+        store.take_lease(lease(), None)
+        small, big = _blob(b"s" * 10, "hsmall"), _blob(bytes(range(256)) * 40, "hbig")
+        store.append_event(ev(1, token=1), 1, blobs=(small, big))
+        blob_file = Path(str(path) + ".blobs") / "hb" / "hbig"
+        assert blob_file.read_bytes() == big.payload  # the big one is a file, fsynced
+        assert not (Path(str(path) + ".blobs") / "hs").exists()
+        assert store.get_blobs(["hsmall", "hbig"]) == {"hsmall": small, "hbig": big}
+        damaged = bytearray(big.payload)
+        damaged[100] ^= 0xFF
+        blob_file.write_bytes(bytes(damaged))
+        with pytest.raises(JournalCorrupted, match="blob hbig .* missing or damaged"):
+            store.get_blobs(["hbig"])
+        blob_file.unlink()
+        with pytest.raises(JournalCorrupted, match="hbig"):
+            store.get_blobs(["hbig"])
+        assert store.get_blobs(["hsmall"]) == {"hsmall": small}  # the rest still reads
+    finally:
+        store.close()

@@ -214,6 +214,20 @@ class JournalStore(abc.ABC):
         """Clear the owner whoever it is and bump the token, so the old owner is fenced
         out. Returns the lease as it was, or None if there was none."""
 
+    # -- health -----------------------------------------------------------------------------
+    def health_check(self) -> dict:
+        """Whether the journal can be reached and read, without raising: ``{"status": "ok" |
+        "down", "backend", "journal", "schema_version"}``, or with ``error`` and
+        ``error_type`` instead of the version when it cannot be read."""
+        info: dict = {"backend": self.backend, "journal": self.describe(),
+                      "supported_schema_version": SCHEMA_VERSION}
+        try:
+            info["schema_version"] = self.schema_version()
+        except Exception as e:  # noqa: BLE001 - a health check reports, it does not raise
+            return {"status": "down", **info, "error_type": type(e).__name__,
+                    "error": str(e)}
+        return {"status": "ok", **info}
+
     # -- hand-over --------------------------------------------------------------------------
     def is_open(self) -> bool:
         """Whether the store holds its file or connection right now."""

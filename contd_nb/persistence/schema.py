@@ -27,12 +27,15 @@ LEASE_COLUMNS = ("workflow_id, owner_id, token, expires_at, host, pid, pid_start
 RESTORE_COLUMNS = ("workflow_id, started_at, duration_ms, events_replayed, snapshot_step, "
                    "purpose, owner_id")
 
+# payload is NULL when the blob lives in a file beside the journal (in_file); crc32 is
+# checked on every read
 BLOBS_V2 = [
     """CREATE TABLE blobs (
-        hash VARCHAR PRIMARY KEY, encoding VARCHAR NOT NULL, payload {blob} NOT NULL,
-        size BIGINT NOT NULL, created_at DOUBLE PRECISION NOT NULL)""",
+        hash VARCHAR PRIMARY KEY, encoding VARCHAR NOT NULL, payload {blob},
+        size BIGINT NOT NULL, created_at DOUBLE PRECISION NOT NULL, crc32 BIGINT NOT NULL,
+        in_file BOOLEAN NOT NULL)""",
 ]
-BLOB_COLUMNS = "hash, encoding, payload, size, created_at"
+BLOB_COLUMNS = "hash, encoding, payload, size, created_at, crc32, in_file"
 
 # The DuckDB schema (a PostgreSQL backend keeps the same tables and columns).
 CREATE_STATEMENTS = [
