@@ -12,5 +12,5 @@ case "${1:-}" in
   --fast) args=(-m "not slow"); shift ;;
   --) shift ;;
 esac
-ruff check contd_nb tests benchmarks
+ruff check contd_nb tests benchmarks notebooks
 python -m pytest "${args[@]}" "$@"

@@ -105,16 +105,17 @@ class WorkflowRun:
         """Attempt number of the next try, counting journaled failures and interrupted
         executions; raises TooManyAttempts when the policy is already exhausted."""
         policy = step.config.retry or retry.DEFAULT_POLICY
-        attempt = len(self.failures) + self.interrupted + 1
+        mine = [f for f in self.failures if f.get("step_name") == step.name]
+        attempt = len(mine) + self.interrupted + 1
         if attempt > policy.max_attempts:
             last: BaseException = StepInterrupted(step.name, attempt - 1)
-            if not self.interrupted and self.failures:
-                f = self.failures[-1]
+            if not self.interrupted and mine:
+                f = mine[-1]
                 last = RuntimeError(f"{f.get('error_type')}: {f.get('message')}")
             raise TooManyAttempts(step.name, attempt - 1, last)
         if attempt > 1:
             log.debug("step %d '%s' of %s: attempt %d (%d failed, %d interrupted before)",
-                      pos, step.name, self.workflow_id, attempt, len(self.failures),
+                      pos, step.name, self.workflow_id, attempt, len(mine),
                       self.interrupted)
         return attempt
 
@@ -223,7 +224,7 @@ class WorkflowRun:
                 "decision": decision.reason}
         self.write("step_failed", step_number=pos, step_name=step.name, attempt=attempt,
                    started_at=started, info=info)
-        self.failures.append(info)
+        self.failures.append(info | {"attempt": attempt, "step_name": step.name})
         if self.engine.listening:
             self.engine.emit("step_failed", self.workflow_id, step_name=step.name,
                              step_number=pos, attempt=attempt,

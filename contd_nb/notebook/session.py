@@ -229,7 +229,7 @@ class NotebookSession:
                 raise error
             print(f"contd_nb: step '{name}' attempt {attempt} failed "
                   f"({type(error).__name__}: {error}); retrying in {delay:.2f}s",
-                  file=sys.stderr)
+                  file=sys.stderr, flush=True)
             time.sleep(delay)
             attempt += 1
         self._completed(name, analysis, opts, candidates, attempt, started, cap.outputs)
