@@ -301,3 +301,29 @@ def test_edited_cell_reruns_with_its_readers_only(kernelspec, tmp_path):
     assert "three 2006\n" in _text(three)
     assert f"step 'four' {RESTORED}" in _text(four) and "four 101\n" in _text(four)
     assert RESTORED not in _text(two) + _text(three)
+
+
+def test_top_level_await_shell_commands_and_line_magics_in_a_kernel(kernelspec, tmp_path):
+    """A step cell runs through IPython in a real kernel: top-level await (in the kernel's
+    own event loop), !commands, line magics, a trailing ';'; and it is restored, not re-run,
+    in a new kernel."""
+    journal, counter = tmp_path / "journal.duckdb", tmp_path / "counter.txt"
+    cells = [
+        _setup_cell("nb-async", journal, counter),
+        _step("fetch", "import asyncio\nx = await asyncio.sleep(0.01, result=5)\n"
+                       "print('awaited', x)\nx * 2"),
+        _step("shell", "listing = !echo from-the-shell\n%time y = x + 1\ny;"),
+    ]
+    first = _notebook(cells)
+    _client(first, tmp_path, kernelspec).execute()
+    assert "awaited 5" in _text(first.cells[1])
+    assert [o["data"]["text/plain"] for o in first.cells[1].outputs
+            if o["output_type"] == "execute_result"] == ["10"]
+    assert "Wall time" in _text(first.cells[2])
+    assert not [o for o in first.cells[2].outputs if o["output_type"] == "execute_result"]
+
+    second = _notebook(cells + ["print(x, y, listing)"])
+    _client(second, tmp_path, kernelspec).execute()
+    assert _counts(counter) == Counter({"fetch": 1, "shell": 1})  # restored, not re-run
+    assert RESTORED in _text(second.cells[1]) and "awaited 5" in _text(second.cells[1])
+    assert _text(second.cells[3]).strip() == "5 6 ['from-the-shell']"

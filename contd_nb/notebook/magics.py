@@ -19,7 +19,8 @@ from ..sdk.client import Client
 from ..sdk.errors import NoActiveWorkflow
 from .session import NOTEBOOK_FUNCTION, CellOptions, NotebookSession
 
-__all__ = ["ContdMagics", "parse_duration"]
+__all__ = ["ContdMagics", "parse_duration", "rewrite_async_step_cells",
+           "run_async_step_cell"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|min|h)?\s*$")
 _UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "min": 60.0, "h": 3600.0}
@@ -40,6 +41,56 @@ def _parse(magic, line: str):
         raise
     except SystemExit as e:  # argparse on bad input
         raise UsageError(f"bad arguments: {line!r}") from e
+
+
+def _step_options(magic, line: str) -> tuple[NotebookSession, CellOptions]:
+    args = _parse(magic, line)
+    if args.retry < 0:
+        raise UsageError("--retry must be 0 or more")
+    session = NotebookSession.current
+    if session is None:
+        raise NoActiveWorkflow("a %%contd_step cell ran before %contd_run: run "
+                               "`%contd_run NAME` first")
+    return session, CellOptions(
+        name=args.name, retry=args.retry,
+        timeout=parse_duration(args.timeout, "--timeout") if args.timeout else None,
+        backoff=parse_duration(args.backoff, "--backoff") if args.backoff else 1.0,
+        force=args.force, always_run=args.always_run,
+        no_save=frozenset(v.strip() for v in args.no_save.split(",") if v.strip()))
+
+
+_STEP = "%%contd_step"
+
+
+def rewrite_async_step_cells(lines: list[str]) -> list[str]:
+    """An input transformer: a ``%%contd_step`` cell whose body has top-level ``await`` becomes
+    ``await <run it>``, so IPython runs the cell in the kernel's own event loop (a cell magic
+    is synchronous and cannot await). Other cells pass unchanged."""
+    if not lines or not lines[0].startswith(_STEP):
+        return lines
+    body = "".join(lines[1:])
+    if not _needs_await(body):
+        return lines
+    line = lines[0][len(_STEP):].strip()
+    return [f"await __import__('contd_nb.notebook.magics', fromlist=['_'])"
+            f".run_async_step_cell({line!r}, {body!r})\n"]
+
+
+def _needs_await(body: str) -> bool:
+    from IPython.core.async_helpers import _should_be_async
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    try:
+        return _should_be_async(TransformerManager().transform_cell(body))
+    except Exception:  # noqa: BLE001 - not valid Python: the magic reports it as usual
+        return False
+
+
+async def run_async_step_cell(line: str, body: str) -> None:
+    """What a rewritten ``%%contd_step`` cell with top-level await runs."""
+    __tracebackhide__ = True
+    session, opts = _step_options(ContdMagics.contd_step, line)
+    await session.run_cell_step_async(body, opts)
 
 
 @magics_class
@@ -83,19 +134,7 @@ class ContdMagics(Magics):
         are shown again, marked as restored. Otherwise it runs and says why.
         """
         __tracebackhide__ = True
-        args = _parse(self.contd_step, line)
-        if args.retry < 0:
-            raise UsageError("--retry must be 0 or more")
-        session = NotebookSession.current
-        if session is None:
-            raise NoActiveWorkflow("a %%contd_step cell ran before %contd_run: run "
-                                   "`%contd_run NAME` first")
-        opts = CellOptions(
-            name=args.name, retry=args.retry,
-            timeout=parse_duration(args.timeout, "--timeout") if args.timeout else None,
-            backoff=parse_duration(args.backoff, "--backoff") if args.backoff else 1.0,
-            force=args.force, always_run=args.always_run,
-            no_save=frozenset(v.strip() for v in args.no_save.split(",") if v.strip()))
+        session, opts = _step_options(self.contd_step, line)
         session.run_cell_step(cell, opts)
 
     @magic_arguments()

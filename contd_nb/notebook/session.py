@@ -8,6 +8,7 @@ and nothing upstream ran again, and brings every variable back at once on ``%con
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import datetime as dt
@@ -166,6 +167,35 @@ class NotebookSession:
 
     # -- cells --------------------------------------------------------------------------------
     def run_cell_step(self, raw_cell: str, opts: CellOptions) -> None:
+        """Restore or run a step cell whose code has no top-level ``await``."""
+        __tracebackhide__ = True
+
+        async def execute(cell: str):
+            return self.shell.run_cell(cell, store_history=False)
+
+        async def sleep(seconds: float) -> None:
+            time.sleep(seconds)
+
+        _drive(self._step(raw_cell, opts, execute, sleep, uses_await=False))
+
+    async def run_cell_step_async(self, raw_cell: str, opts: CellOptions) -> None:
+        """The same for a cell with top-level ``await``: it runs in the kernel's own event
+        loop (the extension rewrites such cells to await this)."""
+        __tracebackhide__ = True
+
+        async def execute(cell: str):
+            try:
+                transformed, failure = self.shell.transform_cell(cell), None
+            except Exception:  # noqa: BLE001 - IPython reports it as the cell's error
+                transformed, failure = cell, sys.exc_info()
+            return await self.shell.run_cell_async(cell, store_history=False,
+                                                   transformed_cell=transformed,
+                                                   preprocessing_exc_tuple=failure)
+
+        await self._step(raw_cell, opts, execute, asyncio.sleep, uses_await=True)
+
+    async def _step(self, raw_cell: str, opts: CellOptions, execute, sleep, uses_await: bool
+                    ) -> None:
         __tracebackhide__ = True
         analysis = analyze_cell(self.shell.transform_cell(raw_cell))
         name = opts.name or f"cell-{analysis.code_hash[:10]}"
@@ -174,9 +204,13 @@ class NotebookSession:
         if not decision.run:
             self._restore_cell(self.state.steps[name])
             return
+        if uses_await and opts.timeout:
+            raise ConfigurationError(
+                f"step '{name}': --timeout cannot interrupt a cell with top-level await; "
+                "use asyncio.wait_for(...) inside the cell")
         if decision.reason != "first run":
             print(f"contd_nb: running step '{name}': {decision.reason}")
-        self._run_cell(name, raw_cell, analysis, opts)
+        await self._run_cell(name, raw_cell, analysis, opts, execute, sleep)
 
     def _restore_cell(self, step: CellStep) -> None:
         values = load_values(self.run.journal, self.name, step.values)
@@ -193,7 +227,8 @@ class NotebookSession:
                        f"\u21ba contd_nb: step '{step.name}' restored from the journal "
                        f"(ran {when}, took {step.duration_s:.1f}s); not run again")
 
-    def _run_cell(self, name: str, raw_cell: str, analysis, opts: CellOptions) -> None:
+    async def _run_cell(self, name: str, raw_cell: str, analysis, opts: CellOptions,
+                        execute, sleep) -> None:
         __tracebackhide__ = True
         policy = RetryPolicy(max_attempts=opts.retry + 1, backoff_initial=opts.backoff) \
             if opts.retry else None
@@ -214,7 +249,7 @@ class NotebookSession:
             try:
                 with OutputCapture(self.shell) as cap, _as_plain_cell(self.shell, raw_cell), \
                         interrupt_after(opts.timeout, name):
-                    result = self.shell.run_cell(raw_cell, store_history=False)
+                    result = await execute(raw_cell)
             finally:
                 _current_step.reset(ctx)
                 self.run.cell = None
@@ -230,7 +265,7 @@ class NotebookSession:
             print(f"contd_nb: step '{name}' attempt {attempt} failed "
                   f"({type(error).__name__}: {error}); retrying in {delay:.2f}s",
                   file=sys.stderr, flush=True)
-            time.sleep(delay)
+            await sleep(delay)
             attempt += 1
         self._completed(name, analysis, opts, candidates, attempt, started, cap.outputs)
 
@@ -308,6 +343,17 @@ class NotebookSession:
                 "recompute": {v: ref["unpersistable"] for v, (ref, _, _)
                               in self.state.variables.items() if "unpersistable" in ref},
                 "pending": self.state.pending}
+
+
+def _drive(coro) -> None:
+    """Run a coroutine that never suspends (the sync path of a step cell) to its end."""
+    __tracebackhide__ = True
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    coro.close()
+    raise RuntimeError("contd_nb: a step cell without top-level await suspended")
 
 
 @contextlib.contextmanager
