@@ -418,6 +418,23 @@ class ExecutionEngine:
         self._finish(run, "completed", value)
         return value
 
+    def enqueue(self, definition: WorkflowDefinition, args: tuple = (),
+                kwargs: dict | None = None, workflow_id: str | None = None) -> str:
+        """Journal a workflow for a worker to run (``contd worker``) and return its id. An id
+        that exists is left as it is."""
+        wid = resolve_workflow_id(workflow_id, definition)
+        token = self.lease_manager.acquire(wid)
+        try:
+            if self.store.get_workflow(wid) is None:
+                self._create(definition, args, kwargs or {}, wid, token)
+                WorkflowRun(self, wid, definition.name, token, FoldedState(), 0).write(
+                    "workflow_enqueued", info={"name": definition.name,
+                                               "function": definition.function})
+                self.emit("workflow_enqueued", wid, workflow_name=definition.name)
+        finally:
+            self.lease_manager.release(wid)
+        return wid
+
     # -- snapshots ----------------------------------------------------------------------------
     def _write_snapshot(self, run: WorkflowRun) -> None:
         state = run.state

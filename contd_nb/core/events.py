@@ -20,6 +20,7 @@ __all__ = [
     "StepStarted",
     "WorkflowCancelled",
     "WorkflowCompleted",
+    "WorkflowEnqueued",
     "WorkflowFailedEvent",
     "WorkflowResumed",
     "WorkflowStarted",
@@ -63,6 +64,13 @@ class JournalEvent:
 @dataclass(frozen=True)
 class WorkflowStarted(JournalEvent):
     kind: ClassVar[str] = "workflow_started"
+
+
+@dataclass(frozen=True)
+class WorkflowEnqueued(JournalEvent):
+    """Created for a worker to run (``Client.enqueue``); not an execution."""
+
+    kind: ClassVar[str] = "workflow_enqueued"
 
 
 @dataclass(frozen=True)
@@ -124,7 +132,8 @@ class WorkflowCancelled(JournalEvent):
 
 
 EVENT_TYPES: dict[str, type[JournalEvent]] = {
-    cls.kind: cls for cls in (WorkflowStarted, WorkflowResumed, StepStarted, StepCompleted,
+    cls.kind: cls for cls in (WorkflowStarted, WorkflowEnqueued, WorkflowResumed, StepStarted,
+                              StepCompleted,
                               StepFailed,
                               WorkflowCompleted, WorkflowFailedEvent, WorkflowCancelled)
 }

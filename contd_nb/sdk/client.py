@@ -127,6 +127,11 @@ class Client:
         started.wait()  # the lease is held and the workflow journaled (or it failed to start)
         return WorkflowHandle(self, wid, thread, box)
 
+    def enqueue(self, fn: Callable[..., Any], *args: Any, workflow_id: str | None = None,
+                **kwargs: Any) -> str:
+        """Journal a workflow for a worker (``contd worker``) to run; returns its id."""
+        return self.engine.enqueue(self._definition(fn), args, kwargs, workflow_id)
+
     def resume(self, workflow_id: str, fn: Callable[..., Any] | None = None) -> Any:
         """Continue a workflow from its journal: completed steps are not run again. The
         function is found by the name it was journaled under (or pass ``fn``)."""
