@@ -86,6 +86,9 @@ class WorkflowRun:
         pos = self.position
         match = match_step(self.workflow_id, self.state.steps, pos, step.name, step.code_hash)
         if match.replay:
+            log.debug("step %d '%s' of %s: replaying its journaled result (completed on "
+                      "attempt %d, event %d); not running it", pos, step.name,
+                      self.workflow_id, match.step.attempt, match.step.seq)
             if match.code_changed:
                 log.warning("step %d '%s' of %s changed since it ran; using its journaled "
                             "result (start a new workflow id to run the new code)",
@@ -232,9 +235,10 @@ class WorkflowRun:
                              duration_ms=(time.time() - started) * 1000,
                              timeout=isinstance(exc, StepTimeout), will_retry=decision.retry)
         if decision.retry:
-            log.info("step '%s' of %s failed on attempt %d (%s: %s); retrying in %.2fs",
-                     step.name, self.workflow_id, attempt, type(exc).__name__, exc,
-                     decision.delay)
+            # the message may carry data (a URL with a token...): DEBUG only
+            log.info("step '%s' of %s failed on attempt %d (%s); retrying in %.2fs",
+                     step.name, self.workflow_id, attempt, type(exc).__name__, decision.delay)
+            log.debug("step '%s' attempt %d error: %s", step.name, attempt, exc)
             return decision.delay
         log.debug("step '%s' of %s: not retrying (%s)", step.name, self.workflow_id,
                   decision.reason)

@@ -86,8 +86,12 @@ class DuckDBStore(JournalStore):
         self._schema_version: int | None = None
         self._wake = threading.Event()
         self._janitor_active = False
-        with self._session():  # validate (or create) the schema now: fail early and clearly
-            pass
+        try:
+            with self._session():  # validate (or create) the schema now: fail early, clearly
+                pass
+        except BaseException:
+            self._gate.close()
+            raise
 
     # -- connection management ----------------------------------------------------------------
     def describe(self) -> str:
@@ -143,7 +147,10 @@ class DuckDBStore(JournalStore):
         start = time.monotonic()
         while True:
             try:
-                return duckdb.connect(self.path)
+                conn = duckdb.connect(self.path)
+                # timestamps that views build (to_timestamp) come out as UTC-aware
+                conn.execute("SET TimeZone='UTC'")
+                return conn
             except duckdb.IOException as e:
                 if not _LOCK_CONFLICT.search(str(e)):
                     raise JournalCorrupted(self.path, f"DuckDB cannot open it: {e}") from e
@@ -366,6 +373,14 @@ class DuckDBStore(JournalStore):
                 params.append(workflow_id)
             rows = c.execute(sql + " ORDER BY started_at", params).fetchall()
         return [RestoreRecord(*r) for r in rows]
+
+    # -- reading for views ---------------------------------------------------------------------
+    def query_df(self, sql: str, params: list | tuple | None = None):
+        """Run one read-only query and return its result as a pandas DataFrame (for
+        ``contd_nb.views``). It runs inside a normal gate session, so the file is released
+        when this process goes idle, as after any other read."""
+        with self._session() as c:
+            return c.execute(sql, list(params or ())).df()
 
     # -- leases ------------------------------------------------------------------------------
     def get_lease(self, workflow_id: str) -> LeaseRecord | None:

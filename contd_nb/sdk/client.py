@@ -23,6 +23,7 @@ from ..core.engine import (
     resolve_workflow_id,
     validate_workflow_id,
 )
+from ..core.leases import HOST, owner_is_dead
 from ..persistence.base import WorkflowRecord
 from .errors import (
     ConfigurationError,
@@ -173,7 +174,8 @@ class Client:
 
     def _summary(self, rec: WorkflowRecord, steps: int | None = None) -> WorkflowStatus:
         lease = self.engine.store.get_lease(rec.workflow_id)
-        held = lease is not None and lease.owner_id is not None and lease.expires_at > time.time()
+        held = lease is not None and lease.owner_id is not None \
+            and lease.expires_at > time.time() and not owner_is_dead(lease, HOST)
         if rec.status == "running" and not held:
             # the final status is written before the lease is released: read it again, so a
             # workflow that just finished is not reported as interrupted

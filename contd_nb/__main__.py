@@ -1,0 +1,8 @@
+"""``python -m contd_nb``: the ``contd`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
