@@ -160,6 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--port", type=int, default=9090, help="default 9090")
     ms.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (loopback)")
 
+    s = _sub(subs, "worker", "resume orphaned workflows until stopped", "Poll the journal "
+             "for unfinished Python workflows whose lease expired, was released or belongs "
+             "to a dead process on this host, and resume them (functions are imported by the "
+             "name they were journaled under; modules are found from the current folder "
+             "too). Several workers resume each orphan once. SIGTERM/SIGINT interrupt the "
+             "workflow in hand, release its lease and stop.")
+    s.add_argument("--poll", type=float, default=0.5, help="seconds between polls "
+                   "(default 0.5)")
+    s.add_argument("--once", action="store_true", help="resume what is orphaned now, then "
+                   "exit")
+    s.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
+
     s = _sub(subs, "health", "check the journal: database, storage, leases")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     return p

@@ -412,6 +412,25 @@ def cmd_import(args) -> int:
     return import_(args)
 
 
+# -- worker -----------------------------------------------------------------------------------
+def cmd_worker(args) -> int:
+    from .sdk.worker import Worker
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    engine = _engine(args)
+    worker = Worker(engine, poll_interval=args.poll)
+    print(f"contd worker {engine.executor_id} on {engine.store.describe()}", file=sys.stderr,
+          flush=True)
+    if args.once:
+        resumed = worker.run_once()
+        engine.close()
+    else:
+        resumed = len(worker.run_forever(max_seconds=args.max_seconds).resumed)
+    print(f"resumed {resumed} workflow(s); {len(worker.stats.failed)} failed", flush=True)
+    return EXIT_OK if not worker.stats.failed else EXIT_ERROR
+
+
 # -- metrics / health -------------------------------------------------------------------------
 def cmd_metrics(args) -> int:
     from .observability import setup_observability
