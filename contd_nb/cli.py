@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = _sub(subs, "init", "create the journal", "Create the journal (a DuckDB file) and "
              "print where it is. DuckDB is the embedded default: one file, no server.")
     s.add_argument("--backend", choices=["duckdb", "postgres", "sqlite"], default="duckdb",
-                   help="duckdb (default); postgres is not part of this version; sqlite: "
-                   "contd_nb uses DuckDB as its embedded journal and creates that")
+                   help="duckdb (default); postgres (with --journal postgresql://... or "
+                   "DATABASE_URL: creates the schema); sqlite: contd_nb uses DuckDB as its "
+                   "embedded journal and creates that")
 
     s = _sub(subs, "run", "run a @workflow function", "Import MODULE and run its @workflow "
              "FUNCTION (modules are found from the current folder too). The result is "

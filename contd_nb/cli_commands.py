@@ -86,11 +86,16 @@ def _arrow(result):
 
 # -- init -------------------------------------------------------------------------------------
 def cmd_init(args) -> int:
-    if args.backend == "postgres":
-        raise CliError("the PostgreSQL journal comes with a later version of contd_nb; this "
-                       "one journals to an embedded DuckDB file: run `contd init` "
-                       "(--backend duckdb)")
     where = _where(args)
+    if args.backend == "postgres":
+        if not where.startswith(("postgresql://", "postgres://")):
+            raise CliError("--backend postgres needs a server: give --journal "
+                           "postgresql://user:pass@host:5432/db or set DATABASE_URL",
+                           EXIT_USAGE)
+        store = open_store(where)
+        version = store.schema_version()
+        print(f"Journal ready: {store.describe()} (PostgreSQL, schema version {version})")
+        return EXIT_OK
     if "://" in where:
         raise CliError(f"journal {where.split('@')[-1]!r} is not a file path; give "
                        "--journal PATH for the DuckDB journal", EXIT_USAGE)

@@ -89,3 +89,65 @@ def kernelspec(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+# -- PostgreSQL: one throwaway server per session, one schema per test ------------------------
+_pg_server: dict = {}
+
+
+def _no_server(why: str) -> None:
+    """Without a server a developer's run skips the PostgreSQL tests; CI (CI=true) fails."""
+    if os.environ.get("CI"):
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+def pg_base_url() -> str:
+    """The test PostgreSQL server's URL: CONTD_TEST_PG_URL if set (scripts/test.sh starts one
+    for the whole run), else a server started here with scripts/pg.sh on a free loopback port
+    and stopped when the session ends. Skips the test when neither is possible (fails under
+    CI)."""
+    url = os.environ.get("CONTD_TEST_PG_URL")
+    if url:
+        return url
+    if "url" not in _pg_server:
+        if "error" in _pg_server:
+            _no_server(_pg_server["error"])
+        import atexit
+        import shlex
+
+        done = subprocess.run(["bash", str(ROOT / "scripts" / "pg.sh"), "start"],
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            _pg_server["error"] = f"no PostgreSQL server for the tests: {done.stderr[-500:]}"
+            _no_server(_pg_server["error"])
+        env = {}
+        for line in done.stdout.splitlines():
+            name, _, value = line.removeprefix("export ").partition("=")
+            env[name] = shlex.split(value)[0] if value else ""
+        _pg_server.update(url=env["PGTEST_DSN"], dir=env["PGTEST_DIR"])
+        atexit.register(subprocess.run, ["bash", str(ROOT / "scripts" / "pg.sh"), "stop",
+                                         env["PGTEST_DIR"]], capture_output=True, timeout=60)
+    return _pg_server["url"]
+
+
+def pg_schema_url(base: str | None = None, prefix: str = "t") -> str:
+    """A URL of the test server with a fresh schema of its own (``?schema=t_<random>``)."""
+    import uuid
+
+    base = base or pg_base_url()
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}schema={prefix}_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """The session's PostgreSQL server (see ``pg_base_url``); tests isolate themselves with
+    ``pg_schema_url(pg_url)`` or the ``pg_journal`` fixture."""
+    return pg_base_url()
+
+
+@pytest.fixture
+def pg_journal(pg_url: str) -> str:
+    """A PostgreSQL journal URL with a schema of its own for this test."""
+    return pg_schema_url(pg_url)

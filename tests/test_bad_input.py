@@ -31,6 +31,7 @@ from contd_nb import (
     JournalCorrupted,
     JournalIntegrityError,
     JournalSchemaTooNew,
+    JournalUnavailable,
     LeaseLost,
     NoActiveWorkflow,
     NonDeterministicReplay,
@@ -609,6 +610,10 @@ def test_bad_busy_timeout_environment_names_the_variable(journal_path, monkeypat
 _WHEN = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 ERRORS = [
     (ConfigurationError("max_attempts=0 is not valid: an integer from 1 to 10000"), {}),
+    (JournalUnavailable("postgresql://u@h:5432/db?schema=contd", "connection refused", "h",
+                        5432, "db"),
+     {"journal": "postgresql://u@h:5432/db?schema=contd", "detail": "connection refused",
+      "host": "h", "port": 5432, "database": "db"}),
     (InvalidWorkflowId("a;b", "it contains ';'"),
      {"workflow_id": "a;b", "reason": "it contains ';'"}),
     (NoActiveWorkflow("step 'x' was called outside a workflow"),

@@ -137,9 +137,16 @@ def test_init_backends(work, journal):
 
     pg_path = work / "pg" / "journal.duckdb"
     pg = contd("init", "--backend", "postgres", journal=pg_path, cwd=work)
-    assert pg.returncode == 1
-    assert "PostgreSQL journal comes with a later version" in one_line_error(pg)
+    assert pg.returncode == 2
+    assert "--backend postgres needs a server" in one_line_error(pg)
     assert not pg_path.exists()
+
+
+def test_init_postgres_creates_the_schema(work, pg_journal):
+    out = contd("init", "--backend", "postgres", journal=pg_journal, cwd=work)
+    assert out.returncode == 0, out.stderr
+    assert "(PostgreSQL, schema version 2)" in out.stdout
+    assert "schema=t_" in out.stdout  # describe() names the journal's schema
 
 
 # -- run, status, list, events, resume ---------------------------------------------------------

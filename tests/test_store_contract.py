@@ -45,7 +45,15 @@ def _duckdb(tmp_path: Path) -> JournalStore:
     return DuckDBStore(tmp_path / "contract" / "journal.duckdb", busy_timeout=20)
 
 
-BACKENDS = {"memory": _memory, "duckdb": _duckdb}
+def _postgres(tmp_path: Path) -> JournalStore:
+    from conftest import pg_schema_url
+
+    from contd_nb.persistence.postgres_store import PostgresStore
+
+    return PostgresStore(pg_schema_url())  # a schema of its own on the session's server
+
+
+BACKENDS = {"memory": _memory, "duckdb": _duckdb, "postgres": _postgres}
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -2,6 +2,9 @@
 
 Where the journal is, in order: the ``journal`` argument; ``CONTD_JOURNAL``; ``DATABASE_URL``
 when it is a ``postgresql://`` URL; else ``.contd/journal.duckdb`` under the current folder.
+
+PostgreSQL (``postgresql://user:pw@host:port/db?schema=NAME``) needs the optional dependency
+``pip install 'contd_nb[postgres]'`` (psycopg 3 and psycopg_pool), imported only when used.
 """
 
 from __future__ import annotations
@@ -14,15 +17,16 @@ from ..sdk.errors import ConfigurationError
 from .base import JournalStore
 from .duckdb_store import DuckDBStore
 from .memory_store import MemoryStore
+from .postgres_store import PostgresStore  # psycopg itself is imported on first use
 
 __all__ = ["DEFAULT_JOURNAL", "DuckDBAdapter", "DuckDBStore", "JournalStore", "MemoryAdapter",
-           "MemoryStore", "open_store", "resolve_journal"]
+           "MemoryStore", "PostgresAdapter", "PostgresStore", "open_store", "resolve_journal"]
 
 DEFAULT_JOURNAL = ".contd/journal.duckdb"
 DuckDBAdapter = DuckDBStore
 MemoryAdapter = MemoryStore
 
-_stores: dict[tuple[str, int], DuckDBStore] = {}
+_stores: dict[tuple[str, int], JournalStore] = {}
 _stores_lock = threading.Lock()
 
 
@@ -48,9 +52,12 @@ def open_store(journal: str | os.PathLike | JournalStore | None = None) -> Journ
     if where in ("memory", ":memory:"):
         return MemoryStore()
     if where.startswith(("postgresql://", "postgres://")):
-        raise ConfigurationError(
-            f"journal {where.split('@')[-1]!r}: the PostgreSQL journal is not part of this "
-            "version yet; use a DuckDB file (CONTD_JOURNAL=path/journal.duckdb)")
+        key = (where, os.getpid())  # one pool per URL (schema included) and process
+        with _stores_lock:
+            store = _stores.get(key)
+            if store is None or store._closed:
+                store = _stores[key] = PostgresStore(where)
+            return store
     if "://" in where:
         raise ConfigurationError(f"journal {where!r} is not a file path or postgresql:// URL")
     path = str(Path(where).expanduser().resolve())
@@ -60,3 +67,15 @@ def open_store(journal: str | os.PathLike | JournalStore | None = None) -> Journ
         if store is None or store._closed:
             store = _stores[key] = DuckDBStore(path)
         return store
+
+
+class PostgresAdapter(PostgresStore):
+    """The PostgreSQL journal; without a URL it uses ``DATABASE_URL``."""
+
+    def __init__(self, url: str | None = None, **options) -> None:
+        url = url or os.environ.get("DATABASE_URL")
+        if not url:
+            raise ConfigurationError(
+                "PostgresAdapter() needs a URL: pass one or set DATABASE_URL "
+                "(postgresql://user:password@host:5432/dbname)")
+        super().__init__(url, **options)

@@ -3,7 +3,9 @@
 A pickled payload is only unpickled after its HMAC checks against this key, so a journal row
 written by someone without the key cannot run code in your kernel. The key is
 ``CONTD_SIGNING_KEY`` if set, else a random 32-byte file beside the journal (``journal.key``,
-mode 0600), created on first use.
+mode 0600), created on first use. A journal on a server (PostgreSQL) has no file beside it: its
+key is the user's, ``~/.contd/signing.key`` (``key_for_user``); machines that share such a
+journal share the key through CONTD_SIGNING_KEY (or a copy of that file).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import os
 import secrets
 from pathlib import Path
 
-__all__ = ["key_for_file", "key_from_env"]
+__all__ = ["USER_KEY_FILE", "key_for_file", "key_for_user", "key_from_env"]
+
+USER_KEY_FILE = "~/.contd/signing.key"
 
 
 def key_from_env() -> bytes | None:
@@ -44,3 +48,9 @@ def key_for_file(journal_path: str | os.PathLike) -> bytes:
     finally:
         tmp.unlink()
     return key_path.read_bytes()
+
+
+def key_for_user() -> bytes:
+    """``CONTD_SIGNING_KEY``, else the user's key file ``~/.contd/signing.key`` (0600, made on
+    first use): the key of journals that live on a server."""
+    return key_for_file(Path(USER_KEY_FILE).expanduser())

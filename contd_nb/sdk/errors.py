@@ -20,6 +20,7 @@ __all__ = [
     "JournalCorrupted",
     "JournalIntegrityError",
     "JournalSchemaTooNew",
+    "JournalUnavailable",
     "LeaseLost",
     "NoActiveWorkflow",
     "NonDeterministicReplay",
@@ -286,6 +287,27 @@ class JournalSchemaTooNew(ContdError):
             f"Journal {path} has schema version {found}, newer than this contd_nb "
             f"understands ({supported})",
             hint="upgrade contd_nb (pip install -U contd_nb); the journal was not changed",
+        )
+
+
+class JournalUnavailable(ContdError):
+    """The journal's database server cannot be reached (refused, unknown host, bad login,
+    timed out). Nothing was written."""
+
+    def __init__(self, journal: str, detail: str, host: str | None = None,
+                 port: int | str | None = None, database: str | None = None) -> None:
+        self.journal = journal
+        self.detail = detail
+        self.host = host
+        self.port = port
+        self.database = database
+        where = f"PostgreSQL at {host or 'localhost'}:{port or 5432}"
+        if database:
+            where += f" (database {database})"
+        super().__init__(
+            f"Journal {journal} is unavailable: cannot connect to {where}: {detail}",
+            hint="check that the server is running and reachable from this machine, and the "
+            "URL in CONTD_JOURNAL / DATABASE_URL (host, port, database, user, password)",
         )
 
 
