@@ -17,3 +17,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".[dev]"
   touch "$stamp"
 fi
+# Debian's Chromium for the JupyterLab browser test (never `playwright install`)
+bash scripts/browser_setup.sh

@@ -35,7 +35,7 @@ from contd_nb import (  # noqa: E402
 from contd_nb.notebook.magics import ContdMagics  # noqa: E402
 from contd_nb.notebook.session import NotebookSession  # noqa: E402
 
-LINE_MAGICS = {"contd_run", "contd_resume", "contd_status", "contd_release"}
+LINE_MAGICS = {"contd_run", "contd_resume", "contd_status", "contd_release", "contd_inspect"}
 CELL_MAGICS = {"contd_step"}
 RESTORED = "\u21ba contd_nb: step '{}' restored from the journal"
 

@@ -69,7 +69,7 @@ def test_notebooks_pass_nbval(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.pop("PYTEST_ADDOPTS", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval", "notebooks/",
+        [sys.executable, "-m", "pytest", "--nbval", *[f"notebooks/{n}" for n in NOTEBOOKS],
          "--nbval-sanitize-with", "notebooks/nbval_sanitize.cfg", "-p", "no:cacheprovider",
          "--nbval-current-env", "-q"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -203,3 +203,15 @@ class ContdMagics(Magics):
         else:
             print(f"contd_nb: force-released '{args.name}' from {before.owner_id}")
 
+    @magic_arguments()
+    @argument("name", nargs="?", help="the workflow to open first (default: all)")
+    @argument("--journal", help="journal file (default: this kernel's notebook run's, else "
+              "CONTD_JOURNAL or .contd/journal.duckdb)")
+    @line_magic
+    def contd_inspect(self, line: str = ""):
+        """Open the journal dashboard: browser, leases, retry timeline and recovery (widgets;
+        HTML tables without a widget frontend). See ``contd_nb.views.dashboard``."""
+        from ..views import dashboard
+
+        args = _parse(self.contd_inspect, line)
+        return dashboard(args.name, journal=args.journal)
