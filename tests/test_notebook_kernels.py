@@ -327,3 +327,30 @@ def test_top_level_await_shell_commands_and_line_magics_in_a_kernel(kernelspec, 
     assert _counts(counter) == Counter({"fetch": 1, "shell": 1})  # restored, not re-run
     assert RESTORED in _text(second.cells[1]) and "awaited 5" in _text(second.cells[1])
     assert _text(second.cells[3]).strip() == "5 6 ['from-the-shell']"
+
+
+def test_notebook_run_on_postgresql_resumed_from_another_process(kernelspec, tmp_path,
+                                                                 pg_journal):
+    """A kernel runs notebook steps with --journal postgresql://...; it is killed; a new
+    kernel (another process) resumes the run from the server: variables back, nothing
+    completed runs again."""
+    counter, marker = tmp_path / "counter.txt", tmp_path / "marker"
+    setup = _setup_cell("nb-pg", pg_journal, counter, marker)
+    cells = [setup, _step("step1", CRASH_STEPS[1]), _step("step2", CRASH_STEPS[2]),
+             _step("step3", "if not os.path.exists(MARKER):\n"
+                            "    open(MARKER, 'w').close()\n"
+                            "    os.kill(os.getpid(), signal.SIGKILL)\n"
+                            "c = a + b\nprint('step3: c =', c)")]
+    first = _notebook(cells)
+    with pytest.raises(DeadKernelError):
+        _client(first, tmp_path, kernelspec).execute()
+    assert _counts(counter) == Counter({"step1": 1, "step2": 1, "step3": 1})
+
+    resume = _notebook([setup.replace("%contd_run nb-pg", "%contd_resume nb-pg"),
+                        "print(a, b)", cells[3]])
+    _client(resume, tmp_path, kernelspec).execute()
+    table = _text(resume.cells[0])
+    assert "steps restored     2" in table and "next pending step  step3" in table
+    assert _text(resume.cells[1]).strip() == f"{A} {B}"
+    assert "step3: c = 77" in _text(resume.cells[2])
+    assert _counts(counter) == Counter({"step1": 1, "step2": 1, "step3": 2})

@@ -139,13 +139,18 @@ class ContdMagics(Magics):
 
     @magic_arguments()
     @argument("name", help="a notebook run or a Python @workflow id")
+    @argument("--journal", help="journal file path or postgresql:// URL (default: the "
+              "current run's, else CONTD_JOURNAL or .contd/journal.duckdb)")
     @line_magic
     def contd_resume(self, line: str) -> None:
         """Restore, at once, every variable of notebook run NAME (or resume the Python
         workflow with that id) and say what comes next."""
         args = _parse(self.contd_resume, line)
-        engine = (NotebookSession.current.engine if NotebookSession.current
-                  else ExecutionEngine.get_instance())
+        if args.journal:
+            engine = ExecutionEngine(args.journal)
+        else:
+            engine = (NotebookSession.current.engine if NotebookSession.current
+                      else ExecutionEngine.get_instance())
         rec = engine.store.get_workflow(args.name)
         if rec is not None and not (rec.function or "").startswith(NOTEBOOK_FUNCTION):
             t0 = time.perf_counter()
