@@ -172,11 +172,18 @@ class Client:
             raise WorkflowNotFound(workflow_id, self.engine.store.describe())
         return rec
 
-    def _summary(self, rec: WorkflowRecord, steps: int | None = None) -> WorkflowStatus:
-        lease = self.engine.store.get_lease(rec.workflow_id)
+    _UNREAD = object()
+
+    def _summary(self, rec: WorkflowRecord, steps: int | None = None,
+                 lease: Any = _UNREAD) -> WorkflowStatus:
+        """``lease``: the workflow's lease when the caller read it BEFORE ``rec`` (then the
+        record is recent enough: its final status is written before its lease is released)."""
+        reread = lease is Client._UNREAD
+        if reread:
+            lease = self.engine.store.get_lease(rec.workflow_id)
         held = lease is not None and lease.owner_id is not None \
             and lease.expires_at > time.time() and not owner_is_dead(lease, HOST)
-        if rec.status == "running" and not held:
+        if reread and rec.status == "running" and not held:
             # the final status is written before the lease is released: read it again, so a
             # workflow that just finished is not reported as interrupted
             rec = self.engine.store.get_workflow(rec.workflow_id) or rec
@@ -209,7 +216,11 @@ class Client:
         raise WorkflowNotFinished(workflow_id, self._summary(rec).status)
 
     def list(self, status: str | None = None) -> list[WorkflowStatus]:
-        summaries = [self._summary(r) for r in self.engine.store.list_workflows()]
+        # two reads in all (leases first, then workflows), not one per workflow: on a shared
+        # DuckDB file each read can hand the file to another process
+        leases = {lease.workflow_id: lease for lease in self.engine.store.list_leases()}
+        summaries = [self._summary(r, lease=leases.get(r.workflow_id))
+                     for r in self.engine.store.list_workflows()]
         return [s for s in summaries if status is None or s.status == status]
 
     def cancel(self, workflow_id: str) -> bool:
