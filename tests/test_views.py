@@ -474,8 +474,12 @@ def test_force_release_asks_to_confirm_then_releases(tmp_path):
         panel.force_buttons["stuck"].click()
         assert box.layout.display == "flex"
         assert holder.store.get_lease("stuck").owner_id == holder.executor_id  # not yet
+        panel.refresh()  # the periodic re-read rebuilds the rows: the question stays open
+        assert panel._confirm_boxes["stuck"].layout.display == "flex"
         panel.cancel_buttons["stuck"].click()
-        assert box.layout.display == "none"
+        assert panel._confirm_boxes["stuck"].layout.display == "none"
+        panel.refresh()
+        assert panel._confirm_boxes["stuck"].layout.display == "none"
         panel.force_buttons["stuck"].click()
         panel.confirm_buttons["stuck"].click()
         lease = holder.store.get_lease("stuck")

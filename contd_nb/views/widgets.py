@@ -244,6 +244,7 @@ def _make_lease_class():
             self.cancel_buttons: dict[str, Any] = {}
             self.countdowns: dict[str, Any] = {}
             self._confirm_boxes: dict[str, Any] = {}
+            self._asking: set[str] = set()
             self._expiry: dict[str, tuple[float | None, str]] = {}
             self._lock = threading.Lock()
             self._stop = threading.Event()
@@ -320,9 +321,11 @@ def _make_lease_class():
             confirm = W.Button(description="Confirm", button_style="danger",
                                tooltip=f"force-release {wid} now")
             cancel = W.Button(description="Cancel")
+            # a question that is open stays open across the periodic re-read
             box = W.HBox([W.HTML(f"Force-release <b>{html.escape(wid)}</b>? Its holder is "
                                  "fenced out: its next journal write fails."),
-                          confirm, cancel], layout=W.Layout(display="none"))
+                          confirm, cancel],
+                         layout=W.Layout(display="flex" if wid in self._asking else "none"))
             force.on_click(lambda _b, w=wid: self.ask(w))
             confirm.on_click(lambda _b, w=wid: self.confirm(w))
             cancel.on_click(lambda _b, w=wid: self.cancel(w))
@@ -332,12 +335,18 @@ def _make_lease_class():
 
         # actions --------------------------------------------------------------------------
         def ask(self, workflow_id: str) -> None:
-            self._confirm_boxes[workflow_id].layout.display = "flex"
+            with self._lock:
+                self._asking.add(workflow_id)
+                self._confirm_boxes[workflow_id].layout.display = "flex"
 
         def cancel(self, workflow_id: str) -> None:
-            self._confirm_boxes[workflow_id].layout.display = "none"
+            with self._lock:
+                self._asking.discard(workflow_id)
+                self._confirm_boxes[workflow_id].layout.display = "none"
 
         def confirm(self, workflow_id: str) -> None:
+            with self._lock:
+                self._asking.discard(workflow_id)
             engine = _engine_for(self._src["journal"], self._engine)
             before = engine.lease_manager.force_release(workflow_id)
             self.refresh()
