@@ -26,7 +26,15 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from bench_steps import WARMUP, _bench_body, _dist_version, _timed_runs, pcts, ratio  # noqa: E402
+from bench_steps import (  # noqa: E402
+    WARMUP,
+    _bench_body,
+    _dist_version,
+    _timed_runs,
+    pcts,
+    ratio,
+    run_dbos,
+)
 
 PARTS = ("floor", "dbos", "contd")
 
@@ -60,23 +68,7 @@ def child_floor(url: str, n: int) -> dict:
 
 
 def child_dbos(url: str, n: int) -> dict:
-    from dbos import DBOS, DBOSConfig
-
-    config: DBOSConfig = {"name": "bench-pg", "log_level": "WARNING",
-                          "system_database_url": _with_db(url, "dbos_bench")}
-    DBOS(config=config)
-
-    @DBOS.step()
-    def trivial(i):
-        return i
-
-    wf = DBOS.workflow()(_bench_body(trivial))
-    try:
-        DBOS.launch()
-        out = _timed_runs(wf, n)
-    finally:
-        DBOS.destroy(destroy_registry=True)
-    return out
+    return run_dbos("bench-pg", _with_db(url, "dbos_bench"), n)
 
 
 def child_contd(url: str, n: int) -> dict:

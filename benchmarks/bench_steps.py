@@ -96,11 +96,12 @@ def _bench_body(trivial):
     return wf
 
 
-def child_dbos(d: Path, n: int) -> dict:
+def run_dbos(name: str, system_database_url: str, n: int) -> dict:
+    """The same trivial-step workflow on DBOS Transact with the given system database."""
     from dbos import DBOS, DBOSConfig
 
-    config: DBOSConfig = {"name": "bench-steps", "log_level": "WARNING",
-                          "system_database_url": f"sqlite:///{d / 'dbos_sys.sqlite'}"}
+    config: DBOSConfig = {"name": name, "log_level": "WARNING",
+                          "system_database_url": system_database_url}
     DBOS(config=config)
 
     @DBOS.step()
@@ -108,13 +109,16 @@ def child_dbos(d: Path, n: int) -> dict:
         return i
 
     wf = DBOS.workflow()(_bench_body(trivial))
-
     try:
         DBOS.launch()
         out = _timed_runs(wf, n)
     finally:
         DBOS.destroy(destroy_registry=True)
     return out
+
+
+def child_dbos(d: Path, n: int) -> dict:
+    return run_dbos("bench-steps", f"sqlite:///{d / 'dbos_sys.sqlite'}", n)
 
 
 def _import_contd():
