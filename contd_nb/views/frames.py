@@ -38,7 +38,6 @@ from .query import (
     EVENT_KINDS,
     LEASE_STATES,
     RESTORE_PURPOSES,
-    STEP_STATUSES,
     UTC_TS,
     WORKFLOW_KINDS,
     WORKFLOW_STATUSES,
@@ -51,6 +50,7 @@ from .query import (
     _typed,
     _Where,
 )
+from .steps_frame import steps
 
 __all__ = ["EVENT_KINDS", "WORKFLOW_STATUSES", "attempts", "event_detail", "events", "leases",
            "recovery", "restores", "snapshots", "steps", "workflows"]
@@ -191,99 +191,6 @@ def events(workflow_id: str | list[str] | None = None, *, kind: str | list[str] 
                encoding, payload_bytes, lease_token, info
         FROM ev ORDER BY workflow_id, seq"""
     return _typed(_query(store, sql, w.params), EVENT_SCHEMA)
-
-
-_STEP_KINDS = "('step_started', 'step_completed', 'step_failed')"
-_TRIES = "kind IN ('step_completed', 'step_failed')"
-
-
-def steps(workflow_id: str | list[str] | None = None, *, status: str | list[str] | None = None,
-          since: Any = None, until: Any = None, journal: str | os.PathLike | None = None,
-          engine: ExecutionEngine | None = None):
-    """One row per step: a Python step is (workflow, step_number, name); a notebook cell is
-    (workflow, name), however often it ran (``runs``). Ordered by workflow, then first event.
-
-    ``status`` filters on the step status; ``since``/``until`` keep steps with activity in
-    that window.
-
-    ================== =================== ==================================================
-    column             dtype               meaning
-    ================== =================== ==================================================
-    workflow_id        string              workflow
-    step_number        Int64               Python: position; cell: completion count at its
-                                           last completion
-    step_name          string              step or cell name
-    cell               boolean             a notebook cell
-    status             category            completed | failed | pending (the last event:
-                                           completion, failure with no retry, or a start or
-                                           a failure with a retry to come)
-    attempts           Int64               journaled tries (failed + completed)
-    failures           Int64               failed tries
-    runs               Int64               completions (a cell re-run completes again)
-    last_attempt       Int64               the last try's attempt number (counts tries of
-                                           executions that died, too)
-    started_at         datetime64[us, UTC] first try began
-    completed_at       datetime64[us, UTC] last completion (NaT: none)
-    duration_ms        float64             the last completed try's duration
-    total_duration_ms  float64             all tries' durations added up
-    last_error_type    string              the last failure's exception type
-    last_error_message string              its message
-    first_seq          Int64               first event of the step
-    last_seq           Int64               last event of the step
-    ================== =================== ==================================================
-    """
-    store = _store(journal, engine)
-    w = _Where()
-    w.isin("e.workflow_id", workflow_id, "workflow_id")
-    outer = _Where()
-    outer.isin("status", status, "status", STEP_STATUSES)
-    outer.window("first_s", "last_s", since, until)
-    done = "kind = 'step_completed'"
-    failed = "kind = 'step_failed'"
-    sql = f"""
-        WITH ev AS (
-            SELECT {_event_fields()} FROM events e
-            WHERE e.kind IN {_STEP_KINDS}{w.sql('AND')}),
-        t AS (
-            SELECT *, {_info_fields()}, (ended_s - started_s) * 1000 AS ms FROM ev),
-        k AS (
-            SELECT *, CASE WHEN cell THEN NULL ELSE step_number END AS key_number FROM t),
-        s AS (
-            SELECT workflow_id, key_number, step_name, cell,
-                   coalesce(key_number, {D.last('step_number')} FILTER (WHERE {done}))
-                       AS step_number,
-                   {D.last('kind')} AS last_kind, {D.last('will_retry')} AS last_will_retry,
-                   count(*) FILTER (WHERE {_TRIES}) AS attempts,
-                   count(*) FILTER (WHERE {failed}) AS failures,
-                   count(*) FILTER (WHERE {done}) AS runs,
-                   {D.last('attempt')} FILTER (WHERE {_TRIES}) AS last_attempt,
-                   min(coalesce(started_s, ended_s)) AS first_s, max(ended_s) AS last_s,
-                   max(ended_s) FILTER (WHERE {done}) AS completed_s,
-                   {D.last('ms')} FILTER (WHERE {done}) AS duration_ms,
-                   sum(ms) FILTER (WHERE {_TRIES}) AS total_duration_ms,
-                   {D.last('error_type')} FILTER (WHERE {failed}) AS last_error_type,
-                   {D.last('message')} FILTER (WHERE {failed}) AS last_error_message,
-                   min(seq) AS first_seq, max(seq) AS last_seq
-            FROM k GROUP BY workflow_id, key_number, step_name, cell),
-        r AS (
-            SELECT *, CASE WHEN last_kind = 'step_completed' THEN 'completed'
-                           WHEN last_kind = 'step_failed' AND NOT coalesce(last_will_retry,
-                                                                           false)
-                               THEN 'failed'
-                           ELSE 'pending' END AS status FROM s)
-        SELECT workflow_id, step_number, step_name, cell, status, attempts, failures, runs,
-               last_attempt, {_ts('first_s')} AS started_at,
-               {_ts('completed_s')} AS completed_at, duration_ms, total_duration_ms,
-               last_error_type, last_error_message, first_seq, last_seq
-        FROM r{outer.sql()}
-        ORDER BY workflow_id, first_seq"""
-    return _typed(_query(store, sql, w.params + outer.params), {
-        "workflow_id": "string", "step_number": "Int64", "step_name": "string",
-        "cell": "boolean", "status": STEP_STATUSES, "attempts": "Int64", "failures": "Int64",
-        "runs": "Int64", "last_attempt": "Int64", "started_at": UTC_TS,
-        "completed_at": UTC_TS, "duration_ms": "float64", "total_duration_ms": "float64",
-        "last_error_type": "string", "last_error_message": "string", "first_seq": "Int64",
-        "last_seq": "Int64"})
 
 
 def attempts(workflow_id: str | list[str] | None = None, *, step: str | list[str] | None = None,

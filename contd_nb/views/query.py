@@ -33,11 +33,24 @@ UTC_TS = "datetime64[us, UTC]"
 # -- SQL dialect ----------------------------------------------------------------------------------
 class _DuckDBDialect:
     """The DuckDB spellings. PostgreSQL: ``(col::jsonb ->> 'key')``,
-    ``strpos(col, 'text') > 0`` and ``(array_agg(value ORDER BY seq DESC))[1]``."""
+    ``strpos(col, 'text') > 0``, ``(array_agg(value ORDER BY seq DESC))[1]``,
+    ``jsonb_to_record(col::jsonb) AS m(key type, ...)`` for several fields at once and
+    ``md5(row(a, b)::text)`` for a key's hash."""
 
     @staticmethod
     def json(col: str, key: str) -> str:
         return f"json_extract_string({col}, '$.{key}')"
+
+    @staticmethod
+    def json_fields(col: str, fields: dict[str, str]) -> str:
+        """A struct of several typed fields of a JSON object, parsed once (``m.key``)."""
+        spec = ",".join(f'"{k}":"{t}"' for k, t in fields.items())
+        return f"json_transform({col}, '{{{spec}}}')"
+
+    @staticmethod
+    def key_hash(*cols: str) -> str:
+        """One value for a tuple of columns (equal tuples, equal values; collisions rare)."""
+        return f"hash({', '.join(cols)})"
 
     @staticmethod
     def contains(col: str, text: str) -> str:
@@ -79,6 +92,11 @@ def _store(journal: str | os.PathLike | JournalStore | None = None,
 
 def _query(store: JournalStore, sql: str, params: list) -> Any:
     return store.query_df(sql, params)  # type: ignore[attr-defined]
+
+
+def _query_arrow(store: JournalStore, sql: str, params: list) -> Any:
+    """The result as a ``pyarrow.Table`` (cheaper to fetch than a DataFrame)."""
+    return store.query_df(sql, params, arrow=True)  # type: ignore[attr-defined]
 
 
 # -- filters --------------------------------------------------------------------------------------
