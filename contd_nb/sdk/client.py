@@ -176,14 +176,18 @@ class Client:
 
     def _summary(self, rec: WorkflowRecord, steps: int | None = None,
                  lease: Any = _UNREAD) -> WorkflowStatus:
-        """``lease``: the workflow's lease when the caller read it BEFORE ``rec`` (then the
-        record is recent enough: its final status is written before its lease is released)."""
-        reread = lease is Client._UNREAD
-        if reread:
-            lease = self.engine.store.get_lease(rec.workflow_id)
+        """``lease``: the workflow's lease as the caller read it (``list`` reads all leases
+        at once). A running workflow that looks unheld is checked again one by one: it may
+        have started after the leases were read, or finished after the row was read."""
+        if lease is not Client._UNREAD:
+            held = lease is not None and lease.owner_id is not None \
+                and lease.expires_at > time.time() and not owner_is_dead(lease, HOST)
+            if rec.status == "running" and not held:
+                return self._summary(rec, steps)
+        lease = self.engine.store.get_lease(rec.workflow_id)
         held = lease is not None and lease.owner_id is not None \
             and lease.expires_at > time.time() and not owner_is_dead(lease, HOST)
-        if reread and rec.status == "running" and not held:
+        if rec.status == "running" and not held:
             # the final status is written before the lease is released: read it again, so a
             # workflow that just finished is not reported as interrupted
             rec = self.engine.store.get_workflow(rec.workflow_id) or rec
@@ -216,8 +220,8 @@ class Client:
         raise WorkflowNotFinished(workflow_id, self._summary(rec).status)
 
     def list(self, status: str | None = None) -> list[WorkflowStatus]:
-        # two reads in all (leases first, then workflows), not one per workflow: on a shared
-        # DuckDB file each read can hand the file to another process
+        # two reads (leases, then workflows) instead of one per workflow: on a shared DuckDB
+        # file each read can hand the file to another process
         leases = {lease.workflow_id: lease for lease in self.engine.store.list_leases()}
         summaries = [self._summary(r, lease=leases.get(r.workflow_id))
                      for r in self.engine.store.list_workflows()]
