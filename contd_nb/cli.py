@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
              "FUNCTION (modules are found from the current folder too). The result is "
              "printed as JSON. With --id of an existing workflow, it continues that one.")
     s.add_argument("target", metavar="MODULE:FUNCTION",
-                   help="e.g. pipeline:etl or mypkg.jobs:nightly")
+                   help="e.g. pipeline:etl or mypkg.jobs:nightly; a bare NAME means NAME:NAME "
+                   "when NAME.py is in the current folder")
     s.add_argument("--id", dest="workflow_id", help="workflow id (default: the workflow's "
                    "configured id, else a new one)")
     s.add_argument("--input", default=None, metavar="JSON",

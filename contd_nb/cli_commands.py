@@ -121,6 +121,9 @@ def _import_workflow(target: str):
         module, _, qualname = target.partition(":")
     elif "." in target:
         module, _, qualname = target.rpartition(".")
+    elif Path(f"{target}.py").is_file() or Path(target, "__init__.py").is_file():
+        # the guide's `contd run my_workflow`: module my_workflow, function my_workflow
+        module, qualname = target, target
     else:
         raise CliError(f"{target!r}: give MODULE:FUNCTION, e.g. pipeline:{target} for "
                        f"{target} defined in pipeline.py", EXIT_USAGE)

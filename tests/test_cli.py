@@ -99,7 +99,7 @@ def journal(work: Path) -> Path:
 
 # -- help and init ----------------------------------------------------------------------------
 COMMANDS = ["init", "run", "resume", "status", "list", "events", "leases", "release", "gc",
-            "export", "import", "metrics", "health"]
+            "export", "import", "metrics", "health", "worker"]
 
 
 @pytest.mark.timeout(120)
@@ -582,3 +582,20 @@ def test_python_m_demo_module_still_importable():
     out = subprocess.run([sys.executable, "-c", "import contd_nb.demo, contd_nb.__main__"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.timeout(120)
+def test_the_guides_debug_run_line(work, journal):
+    """docs/TROUBLESHOOTING.md: `contd --debug run my_workflow` (a bare name: my_workflow.py
+    in the current folder, its @workflow my_workflow)."""
+    (work / "my_workflow.py").write_text(
+        "from contd_nb import step, workflow\n\n"
+        "@step()\ndef hello():\n    return 'hi'\n\n"
+        "@workflow()\ndef my_workflow():\n    return hello()\n")
+    out = contd("--debug", "run", "my_workflow", journal=journal, cwd=work)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == "hi"
+    assert "DEBUG" in out.stderr and "acquired lease of" in out.stderr
+    missing = contd("run", "not_here", journal=journal, cwd=work)
+    assert missing.returncode == 2
+    assert "give MODULE:FUNCTION" in one_line_error(missing)
