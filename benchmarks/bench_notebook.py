@@ -28,6 +28,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from bench_steps import run_script  # noqa: E402
+
 TARGET_ADDED_MS = 5.0  # aim: a trivial step cell costs at most 5 ms (p50) more than plain
 TARGET_DF_RATIO = 2.0  # aim: DataFrame persist/restore at most 2x Arrow IPC to a file
 WARMUP = 20
@@ -284,14 +288,7 @@ def run_child(kind: str, d: Path, a, extra: str = "") -> dict:
            "--res", str(res), "--extra", extra, "--cells", str(a.cells), "--rows",
            str(a.rows), "--reps", str(a.reps)]
     print(f"  running {kind} {extra} ...", file=sys.stderr, flush=True)
-    try:
-        p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
-    except subprocess.TimeoutExpired as e:
-        return {"error": "timed out after 1800 s", "stderr_tail": str(e.stderr)[-2000:]}
-    if p.returncode != 0 or not res.exists():
-        tail = (p.stderr or p.stdout).strip().splitlines()[-25:]
-        return {"error": f"exit {p.returncode}", "stderr_tail": "\n".join(tail)}
-    return json.loads(res.read_text())
+    return run_script(cmd, res)
 
 
 PARTS = ("cells_shell", "cells_kernel", "df_write", "df_read_cell", "df_read_resume",

@@ -28,12 +28,12 @@ sys.path.insert(0, str(HERE))
 
 from bench_steps import (  # noqa: E402
     WARMUP,
-    _bench_body,
     _dist_version,
-    _timed_runs,
     pcts,
     ratio,
+    run_contd,
     run_dbos,
+    run_script,
 )
 
 PARTS = ("floor", "dbos", "contd")
@@ -72,28 +72,11 @@ def child_dbos(url: str, n: int) -> dict:
 
 
 def child_contd(url: str, n: int) -> dict:
-    if str(REPO) not in sys.path:
-        sys.path.append(str(REPO))
     import psycopg
-
-    import contd_nb
-    from contd_nb import step, workflow
 
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DROP SCHEMA IF EXISTS bench_contd CASCADE")
-    engine = contd_nb.configure(journal=f"{url}?schema=bench_contd", snapshot_interval=100)
-
-    @step()
-    def trivial(i):
-        return i
-
-    wf = workflow()(_bench_body(trivial))
-    try:
-        out = _timed_runs(wf, n)
-    finally:
-        engine.close()
-    out["contd_nb"] = contd_nb.__version__
-    return out
+    return run_contd(f"{url}?schema=bench_contd", n)
 
 
 # ----------------------------------------------------------------------------- parent
@@ -102,14 +85,7 @@ def run_child(kind: str, url: str, n: int, work: Path) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--url", url,
            "--n", str(n), "--res", str(res)]
     print(f"  running {kind} (n={n}) ...", file=sys.stderr, flush=True)
-    try:
-        p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
-    except subprocess.TimeoutExpired as e:
-        return {"error": "timed out after 1800 s", "stderr_tail": str(e.stderr)[-2000:]}
-    if p.returncode != 0 or not res.exists():
-        tail = (p.stderr or p.stdout).strip().splitlines()[-25:]
-        return {"error": f"exit {p.returncode}", "stderr_tail": "\n".join(tail)}
-    return json.loads(res.read_text())
+    return run_script(cmd, res)
 
 
 def start_server() -> tuple[str, str]:

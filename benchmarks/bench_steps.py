@@ -136,8 +136,13 @@ def _import_contd():
 
 
 def child_contd(d: Path, n: int) -> dict:
+    return run_contd(str(d / "contd.duckdb"), n)
+
+
+def run_contd(journal: str, n: int) -> dict:
+    """The trivial-step workflow on contd_nb with the given journal (file or URL)."""
     contd_nb, workflow, step, _ = _import_contd()
-    engine = contd_nb.configure(journal=str(d / "contd.duckdb"), snapshot_interval=100)
+    engine = contd_nb.configure(journal=journal, snapshot_interval=100)
 
     @step()
     def trivial(i):
@@ -215,6 +220,12 @@ def run_child(kind: str, d: Path, n: int, extra: list[str] | None = None) -> dic
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--dir", str(d),
            "--n", str(n), "--res", str(res), *(extra or [])]
     print(f"  running {kind} {' '.join(extra or [])} (n={n}) ...", file=sys.stderr, flush=True)
+    return run_script(cmd, res)
+
+
+def run_script(cmd: list[str], res: Path) -> dict:
+    """Run a benchmark child process that writes its JSON result to ``res``; an error dict
+    (with the tail of its output) if it fails or times out."""
     try:
         p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
     except subprocess.TimeoutExpired as e:
