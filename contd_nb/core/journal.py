@@ -48,8 +48,7 @@ class Journal:
             codec.checksum(workflow_id, seq, kind, step_number, step_name, attempt, info_text,
                            encoding, payload=payload),
             token)
-        self.store.append_event(record, token, blobs) if blobs else \
-            self.store.append_event(record, token)
+        self.store.append_event(record, token, blobs)
         return record
 
     # -- reading -----------------------------------------------------------------------------

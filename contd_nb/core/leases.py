@@ -109,7 +109,6 @@ class LeaseManager:
         self.owner_id = owner_id
         self.ttl = ttl
         self._held: dict[str, int] = {}          # workflow_id -> token
-        self._lost: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -144,7 +143,6 @@ class LeaseManager:
                 self._emit("lease_acquired", workflow_id)
                 with self._lock:
                     self._held[workflow_id] = token
-                    self._lost.discard(workflow_id)
                 self._ensure_heartbeat()
                 return token
             log.debug("lost a lease race on %s; retrying", workflow_id)
@@ -178,10 +176,8 @@ class LeaseManager:
         return [Lease.from_record(r) for r in self.store.list_leases()]
 
     def token_of(self, workflow_id: str) -> int | None:
+        """The fencing token this executor holds for the workflow (None if none)."""
         return self._held.get(workflow_id)
-
-    def was_lost(self, workflow_id: str) -> bool:
-        return workflow_id in self._lost
 
     # -- heartbeat ----------------------------------------------------------------------------
     def heartbeat(self) -> None:
@@ -202,8 +198,7 @@ class LeaseManager:
                             workflow_id, token)
                 with self._lock:
                     if self._held.get(workflow_id) == token:
-                        self._held.pop(workflow_id)
-                        self._lost.add(workflow_id)
+                        self._held.pop(workflow_id)  # its next write is refused anyway
         if not was_open:  # opened the journal only to renew: let go of it at once
             self.store.idle()
 

@@ -31,7 +31,15 @@ from ..sdk.context import ExecutionContext, _current_step, set_notebook_run
 from ..sdk.errors import ConfigurationError, StepTimeout, TooManyAttempts
 from .capture import OutputCapture, replay_outputs
 from .cell_analysis import analyze_cell
-from .state import CellStep, NotebookState, apply_cell_completion, decide, fold_notebook
+from .state import (
+    CellStep,
+    NotebookState,
+    apply_cell_completion,
+    decide,
+    fold_notebook,
+    to_recompute,
+    value_producers,
+)
 from .values import encode_values, hash_of, load_values, ref_hash
 
 __all__ = ["CellOptions", "NotebookRun", "NotebookSession"]
@@ -334,14 +342,11 @@ class NotebookSession:
                 if "unpersistable" not in ref}
         values = _load_with_progress(self.run.journal, self.name, refs)
         self.shell.user_ns.update(values)
-        for var in values:
-            _, producer, seq = self.state.variables[var]
-            self.producers[var] = (producer, seq)
+        producers = value_producers(self.state)
+        self.producers.update({var: producers[var] for var in values})
         nbytes = sum(ref.get("size", 0) for ref in refs.values())
         return {"steps": len(self.state.steps), "variables": len(values), "bytes": nbytes,
-                "seconds": time.perf_counter() - t0,
-                "recompute": {v: ref["unpersistable"] for v, (ref, _, _)
-                              in self.state.variables.items() if "unpersistable" in ref},
+                "seconds": time.perf_counter() - t0, "recompute": to_recompute(self.state),
                 "pending": self.state.pending}
 
 
