@@ -151,3 +151,18 @@ def pg_url() -> str:
 def pg_journal(pg_url: str) -> str:
     """A PostgreSQL journal URL with a schema of its own for this test."""
     return pg_schema_url(pg_url)
+
+
+# -- CI runs everything ------------------------------------------------------------------------
+# A developer without PostgreSQL, Chromium or a mountable tmpfs gets skips; CI (CI=true) must
+# run every test, so there any skip fails the run (a missing install step cannot hide).
+def pytest_sessionfinish(session, exitstatus):
+    if not os.environ.get("CI"):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if skipped:
+        for rep in skipped:
+            reason = rep.longrepr[-1] if isinstance(rep.longrepr, tuple) else rep.longrepr
+            print(f"\nCI: skipped test not allowed: {rep.nodeid}: {reason}")
+        session.exitstatus = 1
